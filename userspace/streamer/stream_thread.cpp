@@ -1,0 +1,499 @@
+#include "streamer/stream_thread.h"
+
+#include <arpa/inet.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <future>
+
+#include "common/clock.h"
+#include "uring/extent_reader.h"
+
+namespace of::streamer {
+namespace {
+constexpr unsigned kBatch = 64;               // datagrams per sendmmsg
+constexpr int64_t kMaxSleepNs = 100'000'000;  // re-check commands at least every 100 ms
+constexpr int kSendBufferBytes = 4 << 20;
+
+enum class BufState : uint8_t { kEmpty, kReading, kReady };
+}  // namespace
+
+struct StreamThread::Slot {
+    bool used = false;
+    SessionSpec spec;
+    uint64_t asset_bytes = 0;
+    pacer::Segment seg;
+    uint64_t j = 0;         // next datagram of the segment
+    uint64_t jcount = 0;    // datagrams in the segment
+    int64_t next_send_ns = 0;
+    uint32_t gen = 0;       // bumps on every play/pause/remove: stale heap entries are ignored
+    bool playing = false;
+    bool waiting = false;   // blocked on an extent read
+    int64_t missed_extent = -1;
+    struct Buffer {
+        int64_t extent = -1;
+        BufState state = BufState::kEmpty;
+    } buf[2];
+
+    std::atomic<int> state{int(SessionState::kIdle)};
+    std::atomic<uint64_t> datagrams{0}, bytes{0}, misses{0}, late{0}, send_errors{0}, next_packet{0};
+    std::atomic<int> error{0};
+
+    bool reading() const { return buf[0].state == BufState::kReading || buf[1].state == BufState::kReading; }
+};
+
+struct StreamThread::Command {
+    enum Kind { kAdd, kPlay, kPause, kRemove } kind;
+    unsigned slot = 0;
+    SessionSpec spec;
+    pacer::Segment seg;
+    std::promise<Result<uint64_t>> reply;
+};
+
+struct StreamThread::HeapEntry {
+    int64_t when;
+    unsigned slot;
+    uint32_t gen;
+    bool operator>(const HeapEntry& o) const { return when > o.when; }
+};
+
+struct StreamThread::Batch {
+    mmsghdr msgs[kBatch];
+    iovec iov[kBatch][2];
+    uint8_t rtp[kBatch][pacer::kRtpHeaderSize];
+    unsigned slot[kBatch];
+    unsigned n = 0;
+};
+
+StreamThread::StreamThread(const Options& o) : options_(o), batch_(std::make_unique<Batch>()) {}
+
+Result<std::unique_ptr<StreamThread>> StreamThread::start(const Options& o) {
+    if (o.max_sessions == 0 || o.max_sessions > 8000)
+        return make_error(EINVAL, "streaming thread: max_sessions must be 1..8000");
+    if (o.extent_size == 0 || o.extent_size % mpegts::kDatagramSize)
+        return make_error(EINVAL, "streaming thread: extent size must be a positive multiple of 1316");
+    std::unique_ptr<StreamThread> t(new StreamThread(o));
+
+    auto reader = uring::ExtentReader::create(o.max_sessions * 2, o.extent_size);
+    if (!reader) return reader.error();
+    t->reader_.reset(*reader);
+
+    t->sock_ = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (t->sock_ < 0) return errno_error("streaming thread: socket");
+    int one = 1, sndbuf = kSendBufferBytes;
+    setsockopt(t->sock_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(t->sock_, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (setsockopt(t->sock_, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof sndbuf) < 0)
+        setsockopt(t->sock_, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+    int tos = 0x88;  // DSCP AF41: video
+    setsockopt(t->sock_, IPPROTO_IP, IP_TOS, &tos, sizeof tos);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr = o.source_ip;
+    sa.sin_port = htons(o.source_port);
+    if (bind(t->sock_, reinterpret_cast<sockaddr*>(&sa), sizeof sa) < 0) {
+        char ip[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &o.source_ip, ip, sizeof ip);
+        return errno_error(std::string("streaming thread: bind ") + ip + ":" + std::to_string(o.source_port));
+    }
+
+    t->slots_.resize(o.max_sessions);
+    for (auto& s : t->slots_) s = std::make_unique<Slot>();
+    t->heap_.reserve(o.max_sessions * 2);
+
+    std::promise<Status> ready;
+    auto started = ready.get_future();
+    StreamThread* self = t.get();
+    t->thread_ = std::thread([self, &ready] {
+        prctl(PR_SET_TIMERSLACK, 1UL);  // wake within a microsecond of the send time
+        if (self->options_.cpu >= 0) {
+            cpu_set_t set;
+            CPU_ZERO(&set);
+            CPU_SET(self->options_.cpu, &set);
+            pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+        }
+        if (self->options_.rt_priority > 0) {
+            sched_param sp{};
+            sp.sched_priority = self->options_.rt_priority;
+            if (int rc = pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp); rc != 0) {
+                ready.set_value(errno_error("streaming thread: SCHED_FIFO priority " +
+                                                std::to_string(sp.sched_priority),
+                                            rc));
+                return;
+            }
+        }
+        pthread_setname_np(pthread_self(), "of-stream");
+        ready.set_value(Status{});
+        self->run();
+    });
+    if (auto s = started.get(); !s) {
+        t->thread_.join();
+        return s.error();
+    }
+    return t;
+}
+
+StreamThread::~StreamThread() {
+    stop_ = true;
+    if (reader_) reader_->wake();
+    if (thread_.joinable()) thread_.join();
+    // Commands posted after the loop ended are answered so no caller waits forever.
+    for (Command* c : pending_) c->reply.set_value(make_error(ESHUTDOWN, "streaming thread stopped"));
+    if (sock_ >= 0) close(sock_);
+}
+
+Status StreamThread::post(Command& c) {
+    auto f = c.reply.get_future();
+    {
+        std::lock_guard lk(mu_);
+        pending_.push_back(&c);
+    }
+    reader_->wake();
+    auto r = f.get();
+    if (!r) return r.error();
+    return {};
+}
+
+Result<unsigned> StreamThread::add(SessionSpec spec) {
+    if (!spec.source) return make_error(EINVAL, "session without a source");
+    if (spec.source->extent_size() > options_.extent_size || spec.source->extent_size() % mpegts::kDatagramSize)
+        return make_error(EINVAL, "asset extent size " + std::to_string(spec.source->extent_size()) +
+                                      " does not fit this thread's buffers of " + std::to_string(options_.extent_size));
+    Command c{Command::kAdd};
+    c.spec = std::move(spec);
+    auto f = c.reply.get_future();
+    {
+        std::lock_guard lk(mu_);
+        pending_.push_back(&c);
+    }
+    reader_->wake();
+    auto r = f.get();
+    if (!r) return r.error();
+    return unsigned(*r);
+}
+
+Status StreamThread::play(unsigned slot, const pacer::Segment& segment) {
+    Command c{Command::kPlay};
+    c.slot = slot;
+    c.seg = segment;
+    return post(c);
+}
+
+Result<uint64_t> StreamThread::pause(unsigned slot) {
+    Command c{Command::kPause};
+    c.slot = slot;
+    auto f = c.reply.get_future();
+    {
+        std::lock_guard lk(mu_);
+        pending_.push_back(&c);
+    }
+    reader_->wake();
+    return f.get();
+}
+
+Status StreamThread::remove(unsigned slot) {
+    Command c{Command::kRemove};
+    c.slot = slot;
+    return post(c);
+}
+
+SessionCounters StreamThread::counters(unsigned slot) const {
+    SessionCounters out;
+    if (slot >= slots_.size()) return out;
+    const Slot& s = *slots_[slot];
+    out.state = SessionState(s.state.load(std::memory_order_relaxed));
+    out.datagrams = s.datagrams.load(std::memory_order_relaxed);
+    out.bytes = s.bytes.load(std::memory_order_relaxed);
+    out.deadline_misses = s.misses.load(std::memory_order_relaxed);
+    out.late_datagrams = s.late.load(std::memory_order_relaxed);
+    out.send_errors = s.send_errors.load(std::memory_order_relaxed);
+    out.next_packet = s.next_packet.load(std::memory_order_relaxed);
+    out.error = s.error.load(std::memory_order_relaxed);
+    return out;
+}
+
+ThreadCounters StreamThread::totals() const {
+    ThreadCounters t;
+    for (auto& sp : slots_) {
+        const Slot& s = *sp;
+        t.datagrams += s.datagrams.load(std::memory_order_relaxed);
+        t.bytes += s.bytes.load(std::memory_order_relaxed);
+        t.deadline_misses += s.misses.load(std::memory_order_relaxed);
+        t.late_datagrams += s.late.load(std::memory_order_relaxed);
+        t.send_errors += s.send_errors.load(std::memory_order_relaxed);
+    }
+    t.sessions = sessions_.load(std::memory_order_relaxed);
+    t.reads = reads_.load(std::memory_order_relaxed);
+    t.loops = loops_.load(std::memory_order_relaxed);
+    return t;
+}
+
+// ---- the loop (runs on the streaming thread only) ----
+
+void StreamThread::handle_commands() {
+    std::vector<Command*> cmds;
+    {
+        std::lock_guard lk(mu_);
+        cmds.swap(pending_);
+    }
+    for (Command* c : cmds) execute(*c);
+}
+
+void StreamThread::execute(Command& c) {
+    if (c.kind == Command::kAdd) {
+        for (unsigned i = 0; i < slots_.size(); ++i) {
+            Slot& s = *slots_[i];
+            // A removed slot with reads in flight is not reusable until they land in its buffers.
+            if (s.used || s.reading()) continue;
+            s.used = true;
+            s.spec = std::move(c.spec);
+            s.asset_bytes = s.spec.source->packet_count() * mpegts::kPacketSize;
+            s.playing = s.waiting = false;
+            s.missed_extent = -1;
+            s.buf[0] = s.buf[1] = Slot::Buffer{};
+            s.state = int(SessionState::kIdle);
+            s.datagrams = s.bytes = s.misses = s.late = s.send_errors = s.next_packet = 0;
+            s.error = 0;
+            ++s.gen;
+            sessions_.fetch_add(1, std::memory_order_relaxed);
+            c.reply.set_value(uint64_t(i));
+            return;
+        }
+        c.reply.set_value(make_error(ENOSPC, "streaming thread full (" + std::to_string(slots_.size()) + " sessions)"));
+        return;
+    }
+    if (c.slot >= slots_.size() || !slots_[c.slot]->used) {
+        c.reply.set_value(make_error(ESRCH, "no session in slot " + std::to_string(c.slot)));
+        return;
+    }
+    Slot& s = *slots_[c.slot];
+    switch (c.kind) {
+    case Command::kPlay: {
+        if (c.seg.start_packet % mpegts::kPacketsPerDatagram) {
+            c.reply.set_value(make_error(EINVAL, "segment start is not on a datagram boundary"));
+            return;
+        }
+        s.seg = c.seg;
+        s.j = 0;
+        s.jcount = pacer::datagram_count(s.spec.source->packet_count(), c.seg.start_packet);
+        s.next_send_ns = c.seg.start_time_ns;
+        s.playing = s.jcount > 0;
+        s.waiting = false;
+        s.missed_extent = -1;
+        ++s.gen;
+        s.next_packet = c.seg.start_packet;
+        s.state = int(s.playing ? SessionState::kPlaying : SessionState::kFinished);
+        if (s.playing) {
+            // Start reading now: the first datagram's send time is the first extent's deadline.
+            uint64_t first = c.seg.start_packet * mpegts::kPacketSize / s.spec.source->extent_size();
+            ensure_extent(s, c.slot, first, int64_t(first + 1));
+            schedule(s, c.slot);
+        }
+        c.reply.set_value(uint64_t(0));
+        return;
+    }
+    case Command::kPause:
+        s.playing = false;
+        ++s.gen;
+        if (s.state == int(SessionState::kPlaying)) s.state = int(SessionState::kIdle);
+        c.reply.set_value(pacer::first_packet_of(s.seg, s.j));
+        return;
+    case Command::kRemove:
+        s.playing = false;
+        s.used = false;
+        ++s.gen;
+        s.spec.source.reset();  // in-flight reads target our buffers, not the source's memory
+        sessions_.fetch_sub(1, std::memory_order_relaxed);
+        c.reply.set_value(uint64_t(0));
+        return;
+    case Command::kAdd:
+        break;
+    }
+}
+
+void StreamThread::schedule(Slot& s, unsigned slot_index) {
+    heap_.push_back(HeapEntry{s.next_send_ns, slot_index, s.gen});
+    std::push_heap(heap_.begin(), heap_.end(), std::greater<>());
+}
+
+// Tag of a read: slot, buffer and the extent number it fills.
+static uint64_t read_tag(unsigned slot, int b, uint64_t extent) {
+    return (uint64_t(slot) << 41) | (uint64_t(b) << 40) | (extent & ((uint64_t(1) << 40) - 1));
+}
+
+void StreamThread::on_read(uint64_t tag, int result) {
+    unsigned slot_index = unsigned(tag >> 41);
+    int b = int((tag >> 40) & 1);
+    if (slot_index >= slots_.size()) return;
+    Slot& s = *slots_[slot_index];
+    Slot::Buffer& buf = s.buf[b];
+    reads_.fetch_add(1, std::memory_order_relaxed);
+    if (!s.used) {  // session removed while reading: the buffer is simply free now
+        buf = Slot::Buffer{};
+        return;
+    }
+    uint32_t expected = s.spec.source->extent(uint64_t(buf.extent)).length;
+    if (result < 0 || uint32_t(result) != expected) {
+        buf = Slot::Buffer{};
+        s.playing = false;
+        ++s.gen;
+        s.error = result < 0 ? -result : EIO;
+        s.state = int(SessionState::kFailed);
+        return;
+    }
+    buf.state = BufState::kReady;
+    if (s.waiting && s.playing) {
+        s.waiting = false;
+        schedule(s, slot_index);
+    }
+}
+
+// Makes sure `extent` is in one of the slot's buffers without evicting `keep` (the extent being
+// sent from, or the one read ahead). Returns true if it is ready now; otherwise a read is in
+// flight and the session waits for it.
+bool StreamThread::ensure_extent(Slot& s, unsigned slot_index, uint64_t extent, int64_t keep) {
+    for (auto& b : s.buf)
+        if (b.extent == int64_t(extent)) return b.state == BufState::kReady;
+    int victim = -1;
+    for (int i = 0; i < 2; ++i)
+        if (s.buf[i].state != BufState::kReading && s.buf[i].extent != keep) victim = i;
+    if (victim < 0) return false;  // retried when a read lands
+    auto loc = s.spec.source->extent(extent);
+    // The ring has one submission entry per buffer, so this cannot run out of entries.
+    if (reader_->read(slot_index * 2 + unsigned(victim), loc.fd, loc.offset, loc.length,
+                      read_tag(slot_index, victim, extent))) {
+        s.buf[victim].extent = int64_t(extent);
+        s.buf[victim].state = BufState::kReading;
+    }
+    return false;
+}
+
+// Sends (queues) the slot's next datagram if its extent is in memory. Returns false if the
+// session has to wait for a read.
+bool StreamThread::produce(Slot& s, unsigned slot_index, int64_t now) {
+    const Source& src = *s.spec.source;
+    const uint32_t esize = src.extent_size();
+    uint64_t packet = pacer::first_packet_of(s.seg, s.j);
+    uint64_t offset = packet * mpegts::kPacketSize;
+    uint64_t extent = offset / esize;
+    uint32_t within = uint32_t(offset % esize);
+
+    if (!ensure_extent(s, slot_index, extent, int64_t(extent + 1))) {
+        if (s.missed_extent != int64_t(extent)) {
+            s.missed_extent = int64_t(extent);
+            s.misses.fetch_add(1, std::memory_order_relaxed);
+        }
+        return false;
+    }
+    int b = s.buf[0].extent == int64_t(extent) ? 0 : 1;
+    // Read ahead: the next extent must be in memory before its first datagram's send time.
+    uint64_t extents = (s.asset_bytes + esize - 1) / esize;
+    if (extent + 1 < extents) ensure_extent(s, slot_index, extent + 1, int64_t(extent));
+
+    if (batch_->n == kBatch) flush();
+    Batch& bt = *batch_;
+    unsigned i = bt.n++;
+    uint32_t len = uint32_t(std::min<uint64_t>(mpegts::kDatagramSize, s.asset_bytes - offset));
+    int niov = 0;
+    if (s.spec.rtp) {
+        pacer::write_rtp_header(bt.rtp[i], pacer::rtp_seq(s.seg, s.j), pacer::rtp_timestamp(src, s.seg, s.j),
+                                s.spec.ssrc);
+        bt.iov[i][niov++] = {bt.rtp[i], pacer::kRtpHeaderSize};
+    }
+    bt.iov[i][niov++] = {reader_->buffer(slot_index * 2 + unsigned(b)) + within, len};
+    msghdr& m = bt.msgs[i].msg_hdr;
+    m = msghdr{};
+    m.msg_name = &s.spec.destination;
+    m.msg_namelen = sizeof s.spec.destination;
+    m.msg_iov = bt.iov[i];
+    m.msg_iovlen = size_t(niov);
+    bt.slot[i] = slot_index;
+
+    if (now - s.next_send_ns > options_.late_threshold_ns) s.late.fetch_add(1, std::memory_order_relaxed);
+    s.datagrams.fetch_add(1, std::memory_order_relaxed);
+    s.bytes.fetch_add(len, std::memory_order_relaxed);
+    ++s.j;
+    s.next_packet.store(pacer::first_packet_of(s.seg, s.j), std::memory_order_relaxed);
+    if (s.j >= s.jcount) {
+        s.playing = false;
+        s.state = int(SessionState::kFinished);
+        return true;
+    }
+    s.next_send_ns = pacer::send_time_ns(src, s.seg, s.j);
+    return true;
+}
+
+void StreamThread::flush() {
+    Batch& bt = *batch_;
+    unsigned done = 0;
+    int eagain_rounds = 0;
+    while (done < bt.n) {
+        int r = sendmmsg(sock_, bt.msgs + done, bt.n - done, 0);
+        if (r > 0) {
+            done += unsigned(r);
+            continue;
+        }
+        if (r < 0 && (errno == EAGAIN || errno == ENOBUFS) && eagain_rounds < 100) {
+            // Socket buffer full: wait for room rather than lose a datagram.
+            pollfd p{sock_, POLLOUT, 0};
+            poll(&p, 1, 1);
+            ++eagain_rounds;
+            continue;
+        }
+        if (r < 0 && errno == EINTR) continue;
+        // This datagram cannot be sent (no route, ...): count it against its session, go on.
+        slots_[bt.slot[done]]->send_errors.fetch_add(1, std::memory_order_relaxed);
+        ++done;
+    }
+    bt.n = 0;
+}
+
+void StreamThread::service(int64_t now) {
+    while (!heap_.empty() && heap_.front().when <= now) {
+        std::pop_heap(heap_.begin(), heap_.end(), std::greater<>());
+        HeapEntry e = heap_.back();
+        heap_.pop_back();
+        Slot& s = *slots_[e.slot];
+        if (!s.used || !s.playing || s.gen != e.gen) continue;
+        // Send everything of this session that is due (several datagrams after a stall).
+        while (s.playing && s.next_send_ns <= now) {
+            if (!produce(s, e.slot, now)) {
+                s.waiting = true;
+                break;
+            }
+        }
+        if (s.playing && !s.waiting) schedule(s, e.slot);
+    }
+    flush();
+}
+
+void StreamThread::run() {
+    auto on_done = [this](const uring::ExtentReader::Completion& c) { on_read(c.tag, c.result); };
+    while (!stop_.load(std::memory_order_relaxed)) {
+        loops_.fetch_add(1, std::memory_order_relaxed);
+        handle_commands();
+        int64_t now = realtime_ns();
+        service(now);
+        int64_t wait = kMaxSleepNs;
+        if (!heap_.empty()) wait = std::clamp<int64_t>(heap_.front().when - realtime_ns(), 0, kMaxSleepNs);
+        auto r = reader_->wait(wait, on_done);
+        if (!r) {
+            // The ring itself failed: nothing can be read any more. Fail every session.
+            for (auto& sp : slots_)
+                if (sp->used && sp->playing) {
+                    sp->playing = false;
+                    sp->error = r.error().code;
+                    sp->state = int(SessionState::kFailed);
+                }
+            poll(nullptr, 0, 100);  // do not spin on a broken ring; commands are still answered
+        }
+    }
+    handle_commands();
+}
+
+}  // namespace of::streamer

@@ -1,0 +1,126 @@
+// A streaming thread: one core's worth of sessions, shared-nothing (Seastar style).
+//
+// The thread owns one io_uring (uring::ExtentReader) with two registered extent buffers per
+// session slot, one UDP socket bound to the stream IP's RTP port, and a timer heap of sessions
+// ordered by the send time of their next datagram. Each loop turn it sends every datagram that
+// is due (in sendmmsg batches), makes sure each session's next extent is being read before the
+// current one runs out, and sleeps in the ring until the next send time or a read completion.
+//
+// Control calls (add/play/pause/remove) are synchronous: they queue a command, wake the ring and
+// wait for the thread's answer, so that e.g. pause() returns the exact resume position.
+#pragma once
+
+#include <netinet/in.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "common/result.h"
+#include "pacer/schedule.h"
+#include "streamer/source.h"
+
+namespace of::uring {
+class ExtentReader;
+}
+
+namespace of::streamer {
+
+struct SessionSpec {
+    std::shared_ptr<const Source> source;
+    sockaddr_in destination{};
+    bool rtp = true;        // RTP/AVP (RFC 2250) or raw MP2T over UDP
+    uint32_t ssrc = 0;
+};
+
+enum class SessionState : int { kIdle = 0, kPlaying = 1, kFinished = 2, kFailed = 3 };
+
+struct SessionCounters {
+    SessionState state = SessionState::kIdle;
+    uint64_t datagrams = 0;
+    uint64_t bytes = 0;
+    uint64_t deadline_misses = 0;  // extents not in memory when their first datagram was due
+    uint64_t late_datagrams = 0;   // sent later than late_threshold_ns after their send time
+    uint64_t send_errors = 0;
+    uint64_t next_packet = 0;      // absolute TS packet index of the next datagram to send
+    int error = 0;                 // errno of a failed read, if state is kFailed
+};
+
+struct ThreadCounters {
+    uint64_t sessions = 0;
+    uint64_t datagrams = 0;
+    uint64_t bytes = 0;
+    uint64_t deadline_misses = 0;
+    uint64_t late_datagrams = 0;
+    uint64_t send_errors = 0;
+    uint64_t reads = 0;
+    uint64_t loops = 0;
+};
+
+class StreamThread {
+public:
+    struct Options {
+        unsigned max_sessions = 64;
+        uint32_t extent_size = 1316 * 128;  // the largest extent any served asset uses
+        int rt_priority = 0;                // SCHED_FIFO priority; 0 = normal scheduling
+        in_addr source_ip{};                // INADDR_ANY allowed
+        uint16_t source_port = 0;           // 0 = any
+        int64_t late_threshold_ns = 1'000'000;
+        int cpu = -1;                       // pin to this CPU if >= 0
+    };
+
+    static Result<std::unique_ptr<StreamThread>> start(const Options& options);
+    ~StreamThread();
+    StreamThread(const StreamThread&) = delete;
+    StreamThread& operator=(const StreamThread&) = delete;
+
+    // Reserves a slot for a session; it sends nothing until play(). ENOSPC when full.
+    Result<unsigned> add(SessionSpec spec);
+    // Starts (or restarts at a new position: resume, seek, takeover) the session's segment.
+    Status play(unsigned slot, const pacer::Segment& segment);
+    // Stops sending; returns the absolute packet index of the first datagram not sent.
+    Result<uint64_t> pause(unsigned slot);
+    // Frees the slot (its in-flight reads are drained before it is reused).
+    Status remove(unsigned slot);
+
+    SessionCounters counters(unsigned slot) const;
+    ThreadCounters totals() const;
+    unsigned max_sessions() const { return options_.max_sessions; }
+
+private:
+    struct Slot;
+    struct Command;
+    struct HeapEntry;
+    explicit StreamThread(const Options& o);
+    void run();
+    void handle_commands();
+    void execute(Command& c);
+    void on_read(uint64_t tag, int result);
+    void service(int64_t now);
+    bool produce(Slot& s, unsigned slot_index, int64_t now);
+    bool ensure_extent(Slot& s, unsigned slot_index, uint64_t extent, int64_t keep);
+    void flush();
+    void schedule(Slot& s, unsigned slot_index);
+    Status post(Command& c);
+
+    Options options_;
+    std::unique_ptr<uring::ExtentReader> reader_;
+    int sock_ = -1;
+    std::thread thread_;
+    std::atomic<bool> stop_{false};
+
+    std::mutex mu_;
+    std::vector<Command*> pending_;
+
+    std::vector<std::unique_ptr<Slot>> slots_;
+    std::vector<HeapEntry> heap_;
+    struct Batch;
+    std::unique_ptr<Batch> batch_;
+
+    std::atomic<uint64_t> sessions_{0}, reads_{0}, loops_{0};
+};
+
+}  // namespace of::streamer
