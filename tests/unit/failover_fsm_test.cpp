@@ -1,0 +1,132 @@
+// Every (state, event, partner online?) triple of the Fig. 5 machine, against an expectation
+// written independently of the implementation's table.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <string>
+
+#include "failover/state_machine.h"
+
+namespace {
+
+using namespace of::failover;
+
+// Expected next state per (state, event) as "next" for partner-independent moves, or
+// "when_online|when_offline" for moves that depend on the partner; "-" means refused.
+const std::map<std::string, std::map<std::string, std::string>> kExpected = {
+    {"Unconfigured", {{"set_config_type primary", "Primary_Offline"},
+                      {"set_config_type secondary", "Secondary_Offline"}}},
+    {"Primary_Offline", {{"set_config_type primary", "Primary_Offline"},
+                         {"set_config_type secondary", "Secondary_Offline"},
+                         {"start_streaming", "Primary|Primary_No_Secondary"},
+                         {"local_failure", "Failed"}}},
+    {"Primary_No_Secondary", {{"stop_streaming", "Primary_Offline"},
+                              {"partner_online", "Primary"},
+                              {"partner_offline", "Primary_No_Secondary"},
+                              {"local_failure", "Failed"},
+                              {"stop_ordered", "Failed"}}},
+    {"Primary", {{"stop_streaming", "Primary_Offline"},
+                 {"partner_online", "Primary"},
+                 {"partner_offline", "Primary_No_Secondary"},
+                 {"partner_failed", "Primary_No_Secondary"},
+                 {"local_failure", "Failed"},
+                 {"stop_ordered", "Failed"}}},
+    {"Failed", {{"set_config_type primary", "Primary_Offline"},
+                {"set_config_type secondary", "Secondary_Offline"},
+                {"local_failure", "Failed"},
+                {"stop_ordered", "Failed"}}},
+    {"Secondary_Offline", {{"set_config_type primary", "Primary_Offline"},
+                           {"set_config_type secondary", "Secondary_Offline"},
+                           {"failover_sync", "Secondary_Synchronizing"}}},
+    {"Secondary_Synchronizing", {{"sync_succeeded", "Secondary_Synchronized"},
+                                 {"sync_failed", "Secondary_Offline"},
+                                 {"local_failure", "Secondary_Offline"}}},
+    {"Secondary_Synchronized", {{"start_streaming", "Secondary|Secondary_No_Primary"},
+                                {"failover_unsync", "Secondary_Offline"},
+                                {"local_failure", "Secondary_Offline"}}},
+    {"Secondary", {{"stop_streaming", "Secondary_Offline"},
+                   {"partner_online", "Secondary"},
+                   {"partner_offline", "Secondary_No_Primary"},
+                   {"partner_failed", "Primary_No_Secondary"},
+                   {"local_failure", "Secondary_Offline"}}},
+    {"Secondary_No_Primary", {{"stop_streaming", "Secondary_Offline"},
+                              {"partner_online", "Secondary"},
+                              {"partner_offline", "Secondary_No_Primary"},
+                              {"local_failure", "Secondary_Offline"}}},
+};
+
+TEST(FailoverFsm, EveryStateEventPair) {
+    int checked = 0;
+    for (int si = 0; si < kStateCount; ++si) {
+        State s = State(si);
+        auto row = kExpected.find(std::string(name(s)));
+        ASSERT_NE(row, kExpected.end()) << name(s);
+        for (int ei = 0; ei < kEventCount; ++ei) {
+            Event e = Event(ei);
+            auto cell = row->second.find(std::string(name(e)));
+            std::string want_on = "-", want_off = "-";
+            if (cell != row->second.end()) {
+                auto bar = cell->second.find('|');
+                want_on = cell->second.substr(0, bar);
+                want_off = bar == std::string::npos ? want_on : cell->second.substr(bar + 1);
+            }
+            for (bool partner : {true, false}) {
+                const std::string& want = partner ? want_on : want_off;
+                Outcome o = transition(s, e, partner);
+                std::string got = o.allowed ? std::string(name(o.next)) : "-";
+                EXPECT_EQ(got, want) << name(s) << " + " << name(e) << " (partner " << (partner ? "on" : "off") << ")";
+                if (!o.allowed) {
+                    EXPECT_EQ(o.next, s);
+                    EXPECT_NE(o.reason.find(std::string(name(s))), std::string::npos) << o.reason;
+                } else {
+                    EXPECT_TRUE(o.reason.empty());
+                }
+                ++checked;
+            }
+        }
+    }
+    EXPECT_EQ(checked, kStateCount * kEventCount * 2);
+}
+
+TEST(FailoverFsm, RefusalsSayWhatToDo) {
+    EXPECT_EQ(transition(State::kPrimary, Event::kSetConfigSecondary, true).reason,
+              "set_config_type secondary is not allowed in state Primary: stop streaming first");
+    EXPECT_EQ(transition(State::kSecondaryOffline, Event::kStartStreaming, true).reason,
+              "start_streaming is not allowed in state Secondary_Offline: run failover_sync first");
+    EXPECT_EQ(transition(State::kPrimaryOffline, Event::kFailoverSync, true).reason,
+              "failover_sync is not allowed in state Primary_Offline: only a secondary synchronizes from its primary");
+    EXPECT_EQ(transition(State::kUnconfigured, Event::kStartStreaming, false).reason,
+              "start_streaming is not allowed in state Unconfigured: run set_config_type first");
+}
+
+TEST(FailoverFsm, NineNamedStatesMapToTypeAndStatePairs) {
+    // [0069]-[0077]
+    struct {
+        State s;
+        fo_type t;
+        fo_state st;
+    } pairs[] = {
+        {State::kPrimary, FOTYPE_MASTER, FOSTATE_LIVE},
+        {State::kPrimaryOffline, FOTYPE_MASTER, FOSTATE_NONE},
+        {State::kPrimaryNoSecondary, FOTYPE_MASTER, FOSTATE_NOPARTNER},
+        {State::kFailed, FOTYPE_MASTER, FOSTATE_FAILED},
+        {State::kSecondary, FOTYPE_SLAVE, FOSTATE_LIVE},
+        {State::kSecondaryOffline, FOTYPE_SLAVE, FOSTATE_NONE},
+        {State::kSecondarySynchronizing, FOTYPE_SLAVE, FOSTATE_SYNCING},
+        {State::kSecondarySynchronized, FOTYPE_SLAVE, FOSTATE_SYNCED},
+        {State::kSecondaryNoPrimary, FOTYPE_SLAVE, FOSTATE_NOPARTNER},
+    };
+    for (auto& p : pairs) {
+        EXPECT_EQ(type_of(p.s), p.t) << name(p.s);
+        EXPECT_EQ(fostate_of(p.s), p.st) << name(p.s);
+        EXPECT_EQ(state_of(p.t, p.st), p.s) << name(p.s);
+    }
+    EXPECT_FALSE(state_of(FOTYPE_SLAVE, FOSTATE_FAILED).has_value());
+    EXPECT_TRUE(transmits(State::kPrimary));
+    EXPECT_TRUE(transmits(State::kPrimaryNoSecondary));
+    EXPECT_FALSE(transmits(State::kSecondary));
+    EXPECT_FALSE(transmits(State::kFailed));
+    for (int ei = 0; ei < kEventCount; ++ei) EXPECT_EQ(event_from_name(name(Event(ei))), Event(ei));
+}
+
+}  // namespace
