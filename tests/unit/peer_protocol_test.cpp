@@ -1,0 +1,100 @@
+#include "failover/peer_protocol.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+
+namespace {
+
+using namespace of::failover;
+
+const std::vector<uint8_t> kKey(32, 0x5a);
+
+Message msg(uint64_t seq, Body body, int64_t sent = 1'000'000'000'000) {
+    return Message{0xabcdef, seq, sent, std::move(body)};
+}
+
+TEST(PeerProtocol, RoundTripsEveryType) {
+    SessionRecord s;
+    s.op = SessionOp::kPlay;
+    s.session = 42;
+    s.asset = "movie.ts";
+    inet_pton(AF_INET, "10.77.0.101", &s.client_ip);
+    s.client_port = 5000;
+    s.ssrc = 0xdeadbeef;
+    s.start_packet = 700;
+    s.start_time_ns = 123456789;
+    s.seq_base = 65535;
+    s.rtp_ts_base = 99;
+    Heartbeat hb{3, 2, 0, {{42, 707}, {43, 14}}};
+    SyncReply sr{7, 55, {{"mpeg_stream_count_limit", "1000"}, {"asset", "movie.ts"}}};
+    std::vector<Body> bodies = {hb, HeartbeatAck{5, 9}, FailoverNotice{1, "oneframed died"}, StopOrder{77}, s,
+                                SyncRequest{7}, sr};
+    uint64_t seq = 1;
+    for (auto& b : bodies) {
+        auto wire = encode(msg(seq, b), kKey);
+        ASSERT_TRUE(wire.ok()) << wire.error().message;
+        auto back = decode(*wire, kKey);
+        ASSERT_TRUE(back.ok()) << back.error().message;
+        EXPECT_EQ(back->seq, seq);
+        EXPECT_EQ(back->epoch, 0xabcdefu);
+        ASSERT_EQ(back->body.index(), b.index());
+        ++seq;
+    }
+    auto back = decode(*encode(msg(1, s), kKey), kKey);
+    auto& r = std::get<SessionRecord>(back->body);
+    EXPECT_EQ(r.asset, "movie.ts");
+    EXPECT_EQ(r.client_ip.s_addr, s.client_ip.s_addr);
+    EXPECT_EQ(r.client_port, 5000);
+    EXPECT_EQ(r.ssrc, 0xdeadbeefu);
+    EXPECT_EQ(r.start_time_ns, 123456789);
+    EXPECT_EQ(r.seq_base, 65535);
+    auto hb2 = std::get<Heartbeat>(decode(*encode(msg(1, hb), kKey), kKey)->body);
+    ASSERT_EQ(hb2.progress.size(), 2u);
+    EXPECT_EQ(hb2.progress[1].next_packet, 14u);
+}
+
+TEST(PeerProtocol, ForgedOrDamagedMessagesAreRefused) {
+    auto wire = *encode(msg(1, StopOrder{1}), kKey);
+    std::vector<uint8_t> other_key(32, 0x11);
+    EXPECT_EQ(decode(wire, other_key).error().code, EPERM);
+    for (size_t i = 0; i < wire.size(); ++i) {  // any flipped bit anywhere
+        auto bad = wire;
+        bad[i] ^= 0x01;
+        auto r = decode(bad, kKey);
+        ASSERT_FALSE(r.ok()) << "byte " << i;
+    }
+    auto truncated = wire;
+    truncated.pop_back();
+    EXPECT_EQ(decode(truncated, kKey).error().code, EBADMSG);
+    EXPECT_EQ(decode(std::vector<uint8_t>(10, 0), kKey).error().code, EBADMSG);
+}
+
+TEST(PeerProtocol, ReplayGuard) {
+    ReplayGuard g;
+    int64_t now = 1'000'000'000'000;
+    EXPECT_EQ(g.check(msg(5, StopOrder{}, now), now), ReplayGuard::Verdict::kAccept);
+    EXPECT_EQ(g.check(msg(5, StopOrder{}, now), now), ReplayGuard::Verdict::kReplay);
+    EXPECT_EQ(g.check(msg(7, StopOrder{}, now), now), ReplayGuard::Verdict::kAccept);
+    EXPECT_EQ(g.check(msg(6, StopOrder{}, now), now), ReplayGuard::Verdict::kAccept);  // late but new
+    EXPECT_EQ(g.check(msg(6, StopOrder{}, now), now), ReplayGuard::Verdict::kReplay);
+    EXPECT_EQ(g.check(msg(200, StopOrder{}, now), now), ReplayGuard::Verdict::kAccept);
+    EXPECT_EQ(g.check(msg(100, StopOrder{}, now), now), ReplayGuard::Verdict::kStale);  // out of window
+    EXPECT_EQ(g.check(msg(201, StopOrder{}, now + 3'000'000'000), now), ReplayGuard::Verdict::kClockSkew);
+    // A new epoch (restart) is accepted only with a later send time.
+    Message old_epoch{0x1111, 1, now - 1, StopOrder{}};
+    EXPECT_EQ(g.check(old_epoch, now), ReplayGuard::Verdict::kStale);
+    Message restarted{0x2222, 1, now + 1, StopOrder{}};
+    EXPECT_EQ(g.check(restarted, now), ReplayGuard::Verdict::kAccept);
+}
+
+TEST(PeerProtocol, LimitsAndKeys) {
+    Heartbeat big;
+    big.progress.resize(kMaxProgressEntries + 1);
+    EXPECT_EQ(encode(msg(1, big), kKey).error().code, EMSGSIZE);
+    EXPECT_EQ(encode(msg(1, StopOrder{}), std::vector<uint8_t>(8, 1)).error().code, EINVAL);
+    EXPECT_TRUE(parse_key_hex("00112233445566778899aabbccddeeff\n").ok());
+    EXPECT_FALSE(parse_key_hex("0011").ok());
+    EXPECT_FALSE(parse_key_hex("zz112233445566778899aabbccddeeff").ok());
+}
+
+}  // namespace

@@ -1,0 +1,137 @@
+// Messages between the two servers of a failover pair, on the private link (and, for
+// heartbeats, also on the stream LAN so that a cut private link alone is not taken for a dead
+// partner).
+//
+// Every datagram is  header | body | HMAC-SHA256(key, header | body)  (32 bytes). The receiver
+// checks, in order: size and magic/version, the tag (constant time), the sender's clock within
+// kMaxClockSkewNs of ours, and that (epoch, seq) is new: a per-epoch sliding window of 64
+// sequence numbers, and a new epoch only with a later send time than the last accepted message.
+// A message failing any check changes nothing and is counted by reason.
+#pragma once
+
+#include <netinet/in.h>
+
+#include <array>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "common/result.h"
+
+namespace of::failover {
+
+constexpr uint32_t kPeerMagic = 0x4f46504c;  // "OFPL"
+constexpr uint8_t kPeerVersion = 1;
+constexpr size_t kPeerHeaderSize = 32;
+constexpr size_t kPeerTagSize = 32;
+constexpr size_t kPeerMaxDatagram = 1400;    // stays within one Ethernet frame
+constexpr int64_t kMaxClockSkewNs = 2'000'000'000;
+constexpr size_t kMaxProgressEntries = 64;
+constexpr size_t kMaxNameLength = 64;
+constexpr size_t kMinKeyBytes = 16, kMaxKeyBytes = 64;
+
+enum class MsgType : uint8_t {
+    kHeartbeat = 1,      // primary -> secondary, every Failover_Heartbeat_Freq ms, both paths
+    kHeartbeatAck = 2,   // secondary -> primary: I am online (and in which state)
+    kFailover = 3,       // primary -> secondary: I failed, take over now ([0095])
+    kStop = 4,           // new primary -> old primary: stop streaming ([0097])
+    kSession = 5,        // primary -> secondary: a client request and its decisions
+    kSyncRequest = 6,    // secondary -> primary: send me the [0083] parameters
+    kSyncReply = 7,      // primary -> secondary: the parameters
+};
+
+// Per-session progress carried by heartbeats: where the primary's sender is.
+struct Progress {
+    uint64_t session = 0;
+    uint64_t next_packet = 0;  // absolute TS packet index of the next datagram it will send
+};
+
+struct Heartbeat {
+    uint8_t state = 0;            // failover::State of the sender
+    uint32_t sessions = 0;        // sessions the sender runs
+    uint32_t progress_offset = 0; // which slice of the sessions this heartbeat reports
+    std::vector<Progress> progress;  // at most kMaxProgressEntries
+};
+
+struct HeartbeatAck {
+    uint8_t state = 0;
+    uint64_t acked_seq = 0;
+};
+
+struct FailoverNotice {
+    uint8_t reason = 0;  // failover::FailureReason
+    std::string detail;  // short, for the log
+};
+
+struct StopOrder {
+    uint64_t takeover_ns = 0;  // when the partner took over (CLOCK_REALTIME)
+};
+
+enum class SessionOp : uint8_t { kSetup = 1, kPlay = 2, kPause = 3, kTeardown = 4 };
+
+// A replicated session decision. The secondary runs exactly this session.
+struct SessionRecord {
+    SessionOp op = SessionOp::kSetup;
+    uint64_t session = 0;
+    std::string asset;
+    in_addr client_ip{};
+    uint16_t client_port = 0;
+    bool rtp = true;
+    uint32_t ssrc = 0;
+    // The play segment (kPlay): see pacer::Segment.
+    uint64_t start_packet = 0;
+    int64_t start_time_ns = 0;
+    uint16_t seq_base = 0;
+    uint32_t rtp_ts_base = 0;
+};
+
+struct SyncRequest {
+    uint64_t nonce = 0;
+};
+
+// The parameters of seed 004 [0083], as key/value text so that new ones need no new format.
+struct SyncReply {
+    uint64_t nonce = 0;
+    int64_t primary_time_ns = 0;  // system time, [0083]
+    std::vector<std::pair<std::string, std::string>> params;  // bounded by the datagram size
+};
+
+using Body = std::variant<Heartbeat, HeartbeatAck, FailoverNotice, StopOrder, SessionRecord, SyncRequest, SyncReply>;
+
+struct Message {
+    uint64_t epoch = 0;    // random per daemon start
+    uint64_t seq = 0;      // per epoch, from 1
+    int64_t sent_ns = 0;   // CLOCK_REALTIME at the sender
+    Body body;
+};
+
+MsgType type_of(const Body& b);
+
+// Serializes and signs. Fails (EMSGSIZE) if the message does not fit kPeerMaxDatagram.
+Result<std::vector<uint8_t>> encode(const Message& m, std::span<const uint8_t> key);
+
+// Parses and authenticates one datagram (no replay check: see ReplayGuard). Never reads out of
+// bounds; every malformed input is an EBADMSG error, a bad tag EPERM.
+Result<Message> decode(std::span<const uint8_t> datagram, std::span<const uint8_t> key);
+
+// Rejects replays and stale messages from one peer.
+class ReplayGuard {
+public:
+    enum class Verdict { kAccept, kReplay, kStale, kClockSkew };
+    Verdict check(const Message& m, int64_t now_ns);
+
+private:
+    uint64_t epoch_ = 0;
+    uint64_t highest_ = 0;
+    uint64_t window_ = 0;  // bit i: highest_ - i was seen
+    int64_t last_sent_ns_ = 0;
+    bool any_ = false;
+};
+
+// Reads a key file: hex, 32..128 hex digits (16..64 bytes), surrounding whitespace ignored.
+Result<std::vector<uint8_t>> load_key_file(const std::string& path);
+Result<std::vector<uint8_t>> parse_key_hex(const std::string& text);
+
+}  // namespace of::failover
