@@ -59,6 +59,22 @@ Setter path(std::string Config::*field) {
     };
 }
 
+Setter boolean(bool Config::*field) {
+    return [=](Config& c, const std::string& v) -> Status {
+        if (v == "yes" || v == "true" || v == "1") c.*field = true;
+        else if (v == "no" || v == "false" || v == "0") c.*field = false;
+        else return bad("'" + v + "' is not yes or no");
+        return {};
+    };
+}
+
+Setter ipv4(in_addr Config::*field) {
+    return [=](Config& c, const std::string& v) -> Status {
+        if (inet_pton(AF_INET, v.c_str(), &(c.*field)) != 1) return bad("'" + v + "' is not an IPv4 address");
+        return {};
+    };
+}
+
 const std::vector<Key>& keys() {
     static const std::vector<Key> k = {
         {"stream_interface", "interface name", "stream0",
@@ -125,15 +141,40 @@ const std::vector<Key>& keys() {
          uint_in(&Config::rtsp_max_connections, 1, 65536)},
         {"dbus_address", "'system' or D-Bus address", "system", "Bus on which the D-Bus API is published.",
          text(&Config::dbus_address)},
-        {"failover_backend", "auto|kernel|userspace", "auto",
-         "Where failover type/state live: failover.ko (/dev/failover) or the userspace backend; auto picks the module when present.",
-         text(&Config::failover_backend, {"auto", "kernel", "userspace"})},
+        {"failover_backend", "auto|kernel|userspace|none", "auto",
+         "Where failover type/state live: failover.ko (/dev/failover) or the userspace holder; auto picks the module when present; none keeps them in the daemon only (no critical-process watch).",
+         text(&Config::failover_backend, {"auto", "kernel", "userspace", "none"})},
         {"run_dir", "absolute path", "/run/oneframe", "Runtime directory (sockets, pid files).",
          path(&Config::run_dir)},
         {"failover_heartbeat_freq_ms", "ms", "5", "Failover_Heartbeat_Freq: heartbeat period on the private link (1..1000).",
          uint_in(&Config::failover_heartbeat_freq_ms, 1, 1000)},
         {"max_missed_heartbeats", "count", "3", "Max_Missed_Heartbeats before the secondary declares a failure (1..100).",
          uint_in(&Config::max_missed_heartbeats, 1, 100)},
+        {"failover_role", "standalone|primary|secondary", "standalone",
+         "Role at start-up: standalone (no partner), or set_config_type primary/secondary with the partner below.",
+         text(&Config::failover_role, {"standalone", "primary", "secondary"})},
+        {"autostart", "yes|no", "yes", "Issue start_streaming at start-up (standalone and primary roles).",
+         boolean(&Config::autostart)},
+        {"peer_key_file", "absolute path", "(none)",
+         "Hex HMAC-SHA256 key (32..128 hex digits) shared by both servers; required for a pair.",
+         path(&Config::peer_key_file)},
+        {"peer_port", "port", "7400", "UDP port of the peer protocol on both paths.",
+         uint_in(&Config::peer_port, 1, 65535)},
+        {"partner_private_ip", "IPv4 address", "(none)", "The partner's address on the private link.",
+         ipv4(&Config::partner_private_ip)},
+        {"partner_admin_ip", "IPv4 address", "(none)",
+         "The partner's admin address on the stream LAN: the second heartbeat path.",
+         ipv4(&Config::partner_admin_ip)},
+        {"failover_rt_priority", "0..99", "0", "SCHED_FIFO priority of the failover (heartbeat) thread; 0 = normal.",
+         uint_in(&Config::failover_rt_priority, 0, 99)},
+        {"egress_gate", "yes|no", "yes", "Attach the BPF egress gate to stream_interface (a pair needs it).",
+         boolean(&Config::egress_gate)},
+        {"bpf_pin_root", "absolute path", "/sys/fs/bpf/oneframe", "Where the gate's maps are pinned (per interface).",
+         path(&Config::bpf_pin_root)},
+        {"load_balance_active", "yes|no", "no", "Load_Balance_Active ([0083]); carried to the secondary by failover_sync.",
+         boolean(&Config::load_balance_active)},
+        {"load_balance_group_id", "count", "0", "Load_Balance_Group_ID ([0083]).",
+         uint_in(&Config::load_balance_group_id, 0, 1'000'000)},
     };
     return k;
 }

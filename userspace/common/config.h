@@ -37,11 +37,23 @@ struct Config {
     uint32_t rtsp_max_connections = 1024;
     // Control plane
     std::string dbus_address = "system";    // "system" or a D-Bus address (tests use a private bus)
-    std::string failover_backend = "auto";  // auto | kernel | userspace
+    std::string failover_backend = "auto";  // auto | kernel | userspace | none
     std::string run_dir = "/run/oneframe";
     // Failover, seed 004 [0083]
     uint32_t failover_heartbeat_freq_ms = 5;
     uint32_t max_missed_heartbeats = 3;
+    std::string failover_role = "standalone";  // standalone | primary | secondary (at start-up)
+    bool autostart = true;                     // start_streaming at start-up (standalone, primary)
+    std::string peer_key_file;                 // hex HMAC key shared by the pair
+    uint16_t peer_port = 7400;
+    in_addr partner_private_ip{};              // 0 = none
+    in_addr partner_admin_ip{};                // 0 = none
+    uint32_t failover_rt_priority = 0;         // SCHED_FIFO for the heartbeat thread; 0 = normal
+    bool egress_gate = true;                   // attach the BPF egress gate to stream_interface
+    std::string bpf_pin_root = "/sys/fs/bpf/oneframe";
+    // Load balancing, seed 004 [0083] (carried by failover_sync)
+    bool load_balance_active = false;
+    uint32_t load_balance_group_id = 0;
 };
 
 struct ConfigKeyDoc {

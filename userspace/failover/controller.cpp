@@ -1,0 +1,643 @@
+#include "failover/controller.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/eventfd.h>
+#include <sys/prctl.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <fstream>
+
+#include "common/clock.h"
+#include "engine/engine.h"
+#include "gate/egress_gate.h"
+#include "libfo/libfo.h"
+
+namespace of::failover {
+
+const char* to_string(FailureReason r) {
+    switch (r) {
+    case FailureReason::kNone: return "none";
+    case FailureReason::kCriticalProcess: return "critical process died";
+    case FailureReason::kStreamInterface: return "stream interface down";
+    case FailureReason::kDisk: return "disk failure";
+    case FailureReason::kSoftware: return "software failure";
+    case FailureReason::kOperator: return "operator";
+    }
+    return "unknown";
+}
+
+namespace {
+
+enum class Path { kPrivate, kLan };
+constexpr uint64_t kPrebuiltSeqBase = uint64_t(1) << 62;  // above any live sequence number
+constexpr int64_t kPrebuiltRefreshNs = 500'000'000;        // stays well inside kMaxClockSkewNs
+constexpr int64_t kSyncTimeoutNs = 2'000'000'000;
+constexpr int64_t kTakeoverHoldNs = 1'000'000;             // backlog waits for the open gate
+
+std::string ip_text(in_addr a) {
+    char b[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &a, b, sizeof b);
+    return b;
+}
+
+fo::FoState fo_of(State s) { return {fo::Type(type_of(s)), fo::State(fostate_of(s))}; }
+
+}  // namespace
+
+struct Controller::Impl {
+    ControllerOptions opts;
+    engine::Engine& engine;
+    gate::Gate* gate;
+    fo::Backend* backend;
+
+    int sock = -1;
+    int wake_fd = -1;
+    std::thread thread;
+    std::atomic<bool> stop{false};
+    uint64_t epoch = 0;
+    uint64_t seq[2] = {0, 0};
+    uint64_t prebuilt_seq = kPrebuiltSeqBase;
+    ReplayGuard guard[2];
+
+    // Lock order: mu, then the engine's lock, then send_mu (a leaf). The engine calls
+    // replicate() under its own lock, so replicate() takes only send_mu.
+    mutable std::mutex mu;
+    std::mutex send_mu;  // seq counters, partner addresses, the socket's sends
+    std::atomic<uint64_t> sent{0}, send_errors{0};
+    std::atomic<State> shared_state{State::kUnconfigured};
+    std::function<void()> takeover_hook;
+    State state = State::kUnconfigured;
+    ControllerStatus st;
+    int64_t heard_mono[2] = {0, 0};   // last valid message from the partner, per path
+    int64_t partner_ack_mono = 0;     // last ack (primary) or heartbeat (secondary)
+    std::map<uint64_t, std::pair<uint64_t, int64_t>> progress;  // session -> (next_packet, realtime)
+    uint32_t progress_cursor = 0;
+    int64_t next_prebuilt_ns = 0;
+    bool pending_local_failure = false;
+    FailureReason local_reason = FailureReason::kNone;
+    std::string local_detail;
+    bool push_params = false;
+
+    // failover_sync in progress
+    std::condition_variable sync_cv;
+    uint64_t sync_nonce = 0;
+    std::optional<Result<SyncReply>> sync_result;
+
+    Impl(ControllerOptions o, engine::Engine& e, gate::Gate* g, fo::Backend* b)
+        : opts(std::move(o)), engine(e), gate(g), backend(b) {}
+
+    int64_t period_ns() const { return int64_t(opts.heartbeat_ms) * 1'000'000; }
+    int64_t silence_limit_ns() const { return period_ns() * opts.max_missed; }
+    bool partner_configured() const { return opts.partner_private || opts.partner_admin; }
+
+    // ---- sending ----
+    void send_on(Path p, const Body& body) {
+        std::lock_guard sl(send_mu);
+        std::optional<in_addr> to = p == Path::kPrivate ? opts.partner_private : opts.partner_admin;
+        if (!to || opts.key.empty()) return;
+        Message m{epoch, ++seq[int(p)], realtime_ns(), body};
+        auto wire = encode(m, opts.key);
+        if (!wire) {
+            ++send_errors;
+            return;
+        }
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_addr = *to;
+        a.sin_port = htons(opts.peer_port);
+        if (sendto(sock, wire->data(), wire->size(), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0)
+            ++send_errors;
+        else
+            ++sent;
+    }
+    void send_both(const Body& body) {
+        send_on(Path::kPrivate, body);
+        send_on(Path::kLan, body);
+    }
+
+    // ---- state ----
+    // Applies an allowed move: the backend first (it is the authority and notifies everyone),
+    // then the gate, so that the gate never opens for a state the backend refused.
+    Status move_to(State next) {
+        if (next == state) return {};
+        if (backend) {
+            if (auto s = backend->set_state(fo_of(next)); !s) return s;
+        }
+        State prev = state;
+        set_state(next);
+        apply_gate(prev);
+        return {};
+    }
+    void set_state(State s) {
+        state = s;
+        st.state = s;
+        shared_state = s;
+    }
+    Result<State> run_event(Event e, bool partner_online) {
+        Outcome o = transition(state, e, partner_online);
+        if (!o.allowed) return make_error(EBADFD, o.reason);
+        if (auto s = move_to(o.next); !s) return s.error();
+        return state;
+    }
+    void apply_gate(State prev) {
+        if (!gate) return;
+        bool was = transmits(prev), now = transmits(state);
+        if (now && !was) {
+            (void)gate->renew_lease(std::chrono::nanoseconds(lease_ns()));
+            (void)gate->set_fence(partner_configured());
+            (void)gate->set_role(gate::Role::Active);
+        } else if (!now && was) {
+            (void)gate->set_role(gate::Role::Standby);
+        }
+    }
+    // The lease outlives the partner's detection time, so the gate closes no later than the
+    // moment a partner would take over a hung primary.
+    int64_t lease_ns() const { return std::max<int64_t>(silence_limit_ns() + period_ns(), 10'000'000); }
+
+    // ---- the thread ----
+    void run() {
+        prctl(PR_SET_TIMERSLACK, 1UL);
+        pthread_setname_np(pthread_self(), "of-failover");
+        int64_t next_tick = monotonic_ns();
+        while (!stop.load()) {
+            int64_t now = monotonic_ns();
+            int64_t wait = std::max<int64_t>(0, next_tick - now);
+            pollfd fds[3] = {{sock, POLLIN, 0}, {wake_fd, POLLIN, 0}, {backend ? backend->notify_fd() : -1, POLLIN, 0}};
+            timespec ts = ns_to_timespec(wait);
+            int n = ppoll(fds, backend && backend->notify_fd() >= 0 ? 3 : 2, &ts, nullptr);
+            if (n > 0 && (fds[1].revents & POLLIN)) {
+                uint64_t v;
+                (void)!read(wake_fd, &v, sizeof v);
+            }
+            if (n > 0 && (fds[0].revents & POLLIN)) receive_all();
+            if (n > 0 && backend && (fds[2].revents & POLLIN)) (void)backend->dispatch();
+            now = monotonic_ns();
+            if (now >= next_tick) {
+                tick(now);
+                next_tick += period_ns();
+                if (next_tick < now) next_tick = now + period_ns();  // we were stalled: do not burst
+            }
+        }
+    }
+
+    void receive_all() {
+        uint8_t buf[kPeerMaxDatagram + 1];
+        for (;;) {
+            sockaddr_in from{};
+            socklen_t fl = sizeof from;
+            ssize_t n = recvfrom(sock, buf, sizeof buf, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from), &fl);
+            if (n < 0) return;
+            handle_datagram(std::span<const uint8_t>(buf, size_t(n)), from);
+        }
+    }
+
+    void handle_datagram(std::span<const uint8_t> d, const sockaddr_in& from) {
+        std::unique_lock lk(mu);
+        auto m = decode(d, opts.key);
+        if (!m) {
+            if (m.error().code == EPERM) ++st.peer.bad_auth;
+            else ++st.peer.malformed;
+            return;
+        }
+        Path p;
+        if (opts.partner_private && from.sin_addr.s_addr == opts.partner_private->s_addr) p = Path::kPrivate;
+        else if (opts.partner_admin && from.sin_addr.s_addr == opts.partner_admin->s_addr) p = Path::kLan;
+        else {
+            ++st.peer.wrong_source;
+            return;
+        }
+        switch (guard[int(p)].check(*m, realtime_ns())) {
+        case ReplayGuard::Verdict::kAccept: break;
+        case ReplayGuard::Verdict::kReplay: ++st.peer.replayed; return;
+        case ReplayGuard::Verdict::kStale: ++st.peer.stale; return;
+        case ReplayGuard::Verdict::kClockSkew: ++st.peer.clock_skew; return;
+        }
+        ++st.peer.received;
+        int64_t now = monotonic_ns();
+        heard_mono[int(p)] = now;
+        std::visit([&](auto& body) { on_message(body, p, *m, now, lk); }, m->body);
+    }
+
+    void on_message(const Heartbeat& hb, Path p, const Message&, int64_t now, std::unique_lock<std::mutex>&) {
+        ++st.heartbeats_received;
+        int64_t rt = realtime_ns();
+        st.last_heartbeat_ns = rt;
+        (p == Path::kPrivate ? st.last_heartbeat_private_ns : st.last_heartbeat_lan_ns) = rt;
+        partner_ack_mono = now;
+        State ps = hb.state < kStateCount ? State(hb.state) : State::kUnconfigured;
+        st.partner_state = ps;
+        for (auto& pr : hb.progress) progress[pr.session] = {pr.next_packet, rt};
+        if (transmits(state) && transmits(ps)) {
+            // Two transmitters: we took over from a primary that came back. It stops.
+            send_on(p, StopOrder{uint64_t(st.last_takeover_ns)});
+            return;
+        }
+        bool partner_streaming = transmits(ps);
+        if (state == State::kSecondaryNoPrimary && partner_streaming) partner_event(Event::kPartnerOnline);
+        else if (state == State::kSecondary && !partner_streaming) partner_event(Event::kPartnerOffline);
+        send_on(p, HeartbeatAck{uint8_t(state), 0});
+    }
+
+    void on_message(const HeartbeatAck& a, Path, const Message&, int64_t now, std::unique_lock<std::mutex>&) {
+        partner_ack_mono = now;
+        State ps = a.state < kStateCount ? State(a.state) : State::kUnconfigured;
+        bool was_online = st.partner_state && online(*st.partner_state);
+        st.partner_state = ps;
+        if (state == State::kPrimaryNoSecondary && online(ps)) {
+            partner_event(Event::kPartnerOnline);
+        }
+        if (transmits(state) && online(ps) && !was_online) {
+            // [0090]: a secondary that comes online starts every running session.
+            for (auto& r : engine.snapshot()) send_both(r);
+        }
+    }
+
+    void on_message(const FailoverNotice& f, Path, const Message&, int64_t, std::unique_lock<std::mutex>&) {
+        if (state == State::kSecondary)
+            takeover(std::string("failover message: ") + f.detail);
+    }
+
+    void on_message(const StopOrder&, Path, const Message&, int64_t, std::unique_lock<std::mutex>&) {
+        if (transmits(state) || state == State::kFailed) {
+            (void)run_event(Event::kStopOrdered, false);
+            st.last_error = "stopped by the partner, which took over";
+        }
+    }
+
+    void on_message(const SessionRecord& r, Path, const Message&, int64_t, std::unique_lock<std::mutex>& lk) {
+        if (state != State::kSecondary && state != State::kSecondaryNoPrimary) return;
+        if (gate && r.op == SessionOp::kSetup) (void)gate->forget_seen({r.client_ip, r.client_port});
+        lk.unlock();  // the engine talks to streaming threads; never hold our lock across that
+        auto s = engine.apply(r);
+        lk.lock();
+        if (!s && s.error().code != EEXIST) st.last_error = "replicated session: " + s.error().message;
+    }
+
+    void on_message(const SyncRequest& q, Path p, const Message&, int64_t, std::unique_lock<std::mutex>&) {
+        if (type_of(state) != FOTYPE_MASTER) return;
+        SyncReply r{q.nonce, realtime_ns(), opts.sync_params ? opts.sync_params() : decltype(SyncReply::params){}};
+        send_on(p, r);
+    }
+
+    void on_message(const SyncReply& r, Path, const Message&, int64_t, std::unique_lock<std::mutex>& lk) {
+        if (r.nonce != 0 && r.nonce == sync_nonce) {
+            sync_result = r;
+            sync_cv.notify_all();
+            return;
+        }
+        // A change pushed by an online primary ([0083]: later changes reach the secondary).
+        if (r.nonce == 0 && type_of(state) == FOTYPE_SLAVE && state != State::kSecondaryOffline && opts.apply_sync) {
+            lk.unlock();
+            auto s = opts.apply_sync(r.params);
+            lk.lock();
+            if (!s) st.last_error = "pushed parameters: " + s.error().message;
+        }
+    }
+
+    void partner_event(Event e) {
+        Outcome o = transition(state, e, true);
+        if (o.allowed) (void)move_to(o.next);
+    }
+
+    void tick(int64_t now) {
+        std::unique_lock lk(mu);
+        if (pending_local_failure) {
+            pending_local_failure = false;
+            fail_locally(local_reason, local_detail);
+        }
+        if (transmits(state)) tick_primary(now, lk);
+        else if (state == State::kSecondary) tick_secondary(now);
+        if (push_params && state == State::kPrimary) {
+            push_params = false;
+            send_on(Path::kPrivate, SyncReply{0, realtime_ns(), opts.sync_params ? opts.sync_params() : decltype(SyncReply::params){}});
+        }
+    }
+
+    void tick_primary(int64_t now, std::unique_lock<std::mutex>& lk) {
+        if (gate) {
+            auto tripped = gate->fence_tripped();
+            if (tripped && *tripped) {
+                // The partner has transmitted since we became active: it took over while we
+                // were away. Our gate already drops; make the state say so.
+                (void)run_event(Event::kStopOrdered, false);
+                st.last_error = "fenced: the partner transmits on the stream IP";
+                return;
+            }
+            (void)gate->renew_lease(std::chrono::nanoseconds(lease_ns()));
+        }
+        if (!opts.stream_interface.empty() && !link_up(opts.stream_interface)) {
+            fail_locally(FailureReason::kStreamInterface, opts.stream_interface + " is down");
+            return;
+        }
+        if (!partner_configured()) return;
+        Heartbeat hb;
+        hb.state = uint8_t(state);
+        lk.unlock();
+        auto prog = engine.progress();
+        lk.lock();
+        hb.sessions = uint32_t(prog.size());
+        if (!prog.empty()) {
+            size_t from = progress_cursor % prog.size();
+            hb.progress_offset = uint32_t(from);
+            for (size_t i = 0; i < std::min(prog.size(), kMaxProgressEntries); ++i)
+                hb.progress.push_back(prog[(from + i) % prog.size()]);
+            progress_cursor = uint32_t((from + hb.progress.size()) % prog.size());
+        }
+        send_both(hb);
+        ++st.heartbeats_sent;
+        if (state == State::kPrimary && now - partner_ack_mono > silence_limit_ns())
+            partner_event(Event::kPartnerOffline);
+        refresh_prebuilt();
+    }
+
+    void tick_secondary(int64_t now) {
+        if (now - heard_mono[0] > silence_limit_ns() && now - heard_mono[1] > silence_limit_ns())
+            takeover("missed " + std::to_string(opts.max_missed) + " heartbeats on both paths");
+    }
+
+    static bool link_up(const std::string& ifname) {
+        std::ifstream f("/sys/class/net/" + ifname + "/operstate");
+        std::string s;
+        return f && (f >> s) && (s == "up" || s == "unknown");
+    }
+
+    void fail_locally(FailureReason reason, const std::string& detail) {
+        if (!transmits(state) && state != State::kPrimaryOffline) return;
+        send_both(FailoverNotice{uint8_t(reason), detail});
+        (void)run_event(Event::kLocalFailure, false);
+        st.last_error = std::string("local failure: ") + detail;
+    }
+
+    // The message the backend sends for us if this process dies ([0094]). Re-signed often so
+    // that its timestamp passes the partner's clock check whenever it goes out.
+    void refresh_prebuilt() {
+        if (!backend || !opts.partner_private || opts.key.empty()) return;
+        int64_t now = realtime_ns();
+        if (now < next_prebuilt_ns) return;
+        next_prebuilt_ns = now + kPrebuiltRefreshNs;
+        Message m{epoch, ++prebuilt_seq, now, FailoverNotice{uint8_t(FailureReason::kCriticalProcess), "oneframed died"}};
+        auto wire = encode(m, opts.key);
+        if (!wire) return;
+        fo::FailoverMessage fm;
+        fm.dest.sin_family = AF_INET;
+        fm.dest.sin_addr = *opts.partner_private;
+        fm.dest.sin_port = htons(opts.peer_port);
+        fm.src.sin_family = AF_INET;
+        fm.src.sin_port = htons(opts.peer_port);
+        fm.payload = std::move(*wire);
+        (void)backend->set_message(fm);
+    }
+
+    // Seed 004 [0097]: the secondary becomes the primary, from the first packet the old primary
+    // did not put on the wire.
+    void takeover(const std::string& cause) {
+        int64_t detected = realtime_ns();
+        Outcome o = transition(state, Event::kPartnerFailed, false);
+        if (!o.allowed) return;
+        int64_t hold_until = realtime_ns() + kTakeoverHoldNs;
+        int64_t mono_to_real = realtime_ns() - monotonic_ns();
+        for (auto& f : engine.flows()) {
+            std::optional<uint64_t> from;
+            int64_t hub_ns = 0;
+            if (gate) {
+                auto seen = gate->seen({f.client, f.port});
+                if (seen && seen->last_ns + mono_to_real >= f.segment.start_time_ns) {
+                    hub_ns = seen->last_ns + mono_to_real;
+                    from = seen->rtp ? engine.packet_after_seq(f.session, seen->high_seq)
+                                     : engine.packet_after_time(f.session, hub_ns);
+                }
+            }
+            auto pr = progress.find(f.session);
+            if (pr != progress.end() && pr->second.second > hub_ns) {
+                from = pr->second.first;  // the heartbeat is newer than anything the hub showed
+                ++st.sessions_resumed_from_heartbeat;
+            } else if (from) {
+                ++st.sessions_resumed_from_hub;
+            }
+            if (from) (void)engine.resume_from(f.session, *from, hold_until);
+        }
+        if (auto s = move_to(o.next); !s) {
+            st.last_error = "takeover: " + s.error().message;
+            return;
+        }
+        st.takeovers++;
+        st.last_detection_ns = detected;
+        st.last_takeover_ns = realtime_ns();
+        st.last_takeover_cause = cause;
+        send_both(StopOrder{uint64_t(st.last_takeover_ns)});
+        if (takeover_hook) takeover_hook();
+    }
+};
+
+Controller::Controller(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Controller::~Controller() {
+    impl_->stop = true;
+    uint64_t one = 1;
+    (void)!write(impl_->wake_fd, &one, sizeof one);
+    if (impl_->thread.joinable()) impl_->thread.join();
+    if (impl_->sock >= 0) close(impl_->sock);
+    if (impl_->wake_fd >= 0) close(impl_->wake_fd);
+}
+
+Result<std::unique_ptr<Controller>> Controller::create(ControllerOptions options, engine::Engine& engine,
+                                                        gate::Gate* gate, fo::Backend* backend) {
+    if (options.heartbeat_ms == 0 || options.max_missed == 0)
+        return make_error(EINVAL, "heartbeat period and max missed heartbeats must be positive");
+    if (!options.key.empty() && (options.key.size() < kMinKeyBytes || options.key.size() > kMaxKeyBytes))
+        return make_error(EINVAL, "peer key must be 16..64 bytes");
+    auto impl = std::make_unique<Impl>(std::move(options), engine, gate, backend);
+    if (getrandom(&impl->epoch, sizeof impl->epoch, 0) != sizeof impl->epoch) impl->epoch = uint64_t(realtime_ns());
+
+    impl->sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (impl->sock < 0) return errno_error("peer socket");
+    int one = 1;
+    setsockopt(impl->sock, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    int prio = 6;  // heartbeats first in the host's own queues
+    setsockopt(impl->sock, SOL_SOCKET, SO_PRIORITY, &prio, sizeof prio);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(impl->opts.peer_port);
+    if (bind(impl->sock, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0)
+        return errno_error("peer socket: bind port " + std::to_string(impl->opts.peer_port));
+    impl->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (impl->wake_fd < 0) return errno_error("eventfd");
+
+    // Adopt what the backend holds (the kernel keeps the state across daemon restarts).
+    if (backend) {
+        auto s = backend->status();
+        if (s) {
+            auto known = state_of(fo_type(s->now.type), fo_state(s->now.state));
+            impl->set_state(known.value_or(State::kUnconfigured));
+        }
+    }
+    impl->st.partner_configured = impl->partner_configured();
+    Impl* raw = impl.get();
+    if (backend) {
+        // The backend may change the state on its own (a critical process died): follow it.
+        auto reg = backend->register_notify([raw](const fo::Change& c) {
+            std::lock_guard lk(raw->mu);
+            auto known = state_of(fo_type(c.now.type), fo_state(c.now.state));
+            if (!known || *known == raw->state) return;
+            State prev = raw->state;
+            raw->set_state(*known);
+            raw->apply_gate(prev);
+        });
+        if (!reg) return make_error(reg.error().code, "failover backend notifications: " + reg.error().message);
+    }
+    std::promise<Status> ready;
+    auto started = ready.get_future();
+    impl->thread = std::thread([raw, &ready] {
+        if (raw->opts.rt_priority > 0) {
+            sched_param sp{};
+            sp.sched_priority = raw->opts.rt_priority;
+            if (int rc = pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp); rc != 0) {
+                ready.set_value(errno_error("failover thread: SCHED_FIFO", rc));
+                return;
+            }
+        }
+        ready.set_value(Status{});
+        raw->run();
+    });
+    if (auto s = started.get(); !s) {
+        impl->thread.join();
+        return s.error();
+    }
+    return std::unique_ptr<Controller>(new Controller(std::move(impl)));
+}
+
+Result<State> Controller::set_config_type(bool primary, const TypeSettings& t) {
+    std::lock_guard lk(impl_->mu);
+    Outcome o = transition(impl_->state, primary ? Event::kSetConfigPrimary : Event::kSetConfigSecondary, false);
+    if (!o.allowed) return make_error(EBADFD, o.reason);
+    if (t.heartbeat_ms && (*t.heartbeat_ms < 1 || *t.heartbeat_ms > 1000))
+        return make_error(EINVAL, "heartbeat period must be 1..1000 ms");
+    if (t.max_missed && (*t.max_missed < 1 || *t.max_missed > 100))
+        return make_error(EINVAL, "max missed heartbeats must be 1..100");
+    if (!primary && !t.partner_private && !impl_->opts.partner_private)
+        return make_error(EINVAL, "a secondary needs its primary's private address ([0081])");
+    if ((t.partner_private || t.partner_admin || impl_->partner_configured()) && impl_->opts.key.empty())
+        return make_error(EINVAL, "a failover pair needs a peer key (peer_key_file in the config)");
+    if (auto s = impl_->move_to(o.next); !s) return s.error();
+    std::lock_guard sl(impl_->send_mu);
+    if (t.partner_private) impl_->opts.partner_private = t.partner_private;
+    if (t.partner_admin) impl_->opts.partner_admin = t.partner_admin;
+    if (t.heartbeat_ms) impl_->opts.heartbeat_ms = *t.heartbeat_ms;
+    if (t.max_missed) impl_->opts.max_missed = *t.max_missed;
+    impl_->st.partner_configured = impl_->partner_configured();
+    impl_->guard[0] = ReplayGuard{};
+    impl_->guard[1] = ReplayGuard{};
+    return impl_->state;
+}
+
+Result<State> Controller::start_streaming() {
+    std::lock_guard lk(impl_->mu);
+    // The partner counts as online if it spoke within the detection window.
+    bool partner = impl_->partner_configured() &&
+                   monotonic_ns() - impl_->partner_ack_mono <= impl_->silence_limit_ns() &&
+                   impl_->st.partner_state &&
+                   (type_of(impl_->state) == FOTYPE_MASTER ? online(*impl_->st.partner_state)
+                                                           : transmits(*impl_->st.partner_state));
+    return impl_->run_event(Event::kStartStreaming, partner);
+}
+
+Result<State> Controller::stop_streaming() {
+    std::lock_guard lk(impl_->mu);
+    return impl_->run_event(Event::kStopStreaming, false);
+}
+
+Result<State> Controller::failover_sync() {
+    std::unique_lock lk(impl_->mu);
+    auto r = impl_->run_event(Event::kFailoverSync, false);
+    if (!r) return r;
+    if (!impl_->opts.partner_private) {
+        (void)impl_->run_event(Event::kSyncFailed, false);
+        return make_error(EINVAL, "no partner private address configured");
+    }
+    uint64_t nonce = 0;
+    while (nonce == 0) (void)!getrandom(&nonce, sizeof nonce, 0);
+    impl_->sync_nonce = nonce;
+    impl_->sync_result.reset();
+    int64_t sent_ns = realtime_ns();
+    impl_->send_on(Path::kPrivate, SyncRequest{nonce});
+    bool got = impl_->sync_cv.wait_for(lk, std::chrono::nanoseconds(kSyncTimeoutNs),
+                                       [&] { return impl_->sync_result.has_value(); });
+    impl_->sync_nonce = 0;
+    auto fail = [&](const std::string& why) -> Result<State> {
+        (void)impl_->run_event(Event::kSyncFailed, false);
+        impl_->st.last_error = "failover_sync: " + why;
+        return make_error(EIO, "failover_sync failed: " + why + "; back to Secondary_Offline");
+    };
+    if (!got) return fail("no answer from the primary at " + ip_text(*impl_->opts.partner_private) + " within 2 s");
+    SyncReply reply = std::get<SyncReply>(std::move(*impl_->sync_result).value());
+    // System time ([0083]): lockstep needs both clocks to agree far below a frame.
+    int64_t rtt_half = (realtime_ns() - sent_ns) / 2;
+    int64_t offset = reply.primary_time_ns + rtt_half - realtime_ns();
+    if (offset > 1'000'000 || offset < -1'000'000)
+        return fail("system clocks differ by " + std::to_string(offset / 1000) + " us; synchronize them (PTP/NTP)");
+    if (impl_->opts.apply_sync) {
+        lk.unlock();
+        auto s = impl_->opts.apply_sync(reply.params);
+        lk.lock();
+        if (!s) return fail(s.error().message);
+    }
+    return impl_->run_event(Event::kSyncSucceeded, false);
+}
+
+Result<State> Controller::failover_unsync() {
+    std::lock_guard lk(impl_->mu);
+    return impl_->run_event(Event::kFailoverUnsync, false);
+}
+
+void Controller::local_failure(FailureReason reason, const std::string& detail) {
+    {
+        std::lock_guard lk(impl_->mu);
+        impl_->pending_local_failure = true;
+        impl_->local_reason = reason;
+        impl_->local_detail = detail;
+    }
+    uint64_t one = 1;
+    (void)!write(impl_->wake_fd, &one, sizeof one);
+}
+
+void Controller::parameters_changed() {
+    std::lock_guard lk(impl_->mu);
+    impl_->push_params = true;
+}
+
+void Controller::replicate(const SessionRecord& record) {
+    if (!transmits(impl_->shared_state.load())) return;
+    impl_->send_both(record);
+}
+
+void Controller::on_takeover(std::function<void()> fn) {
+    std::lock_guard lk(impl_->mu);
+    impl_->takeover_hook = std::move(fn);
+}
+
+ControllerStatus Controller::status() const {
+    std::lock_guard lk(impl_->mu);
+    ControllerStatus s = impl_->st;
+    s.state = impl_->state;
+    s.peer.sent = impl_->sent.load();
+    s.peer.send_errors = impl_->send_errors.load();
+    s.heartbeat_ms = impl_->opts.heartbeat_ms;
+    s.max_missed = impl_->opts.max_missed;
+    s.partner_online = impl_->partner_configured() &&
+                       monotonic_ns() - impl_->partner_ack_mono <= impl_->silence_limit_ns();
+    return s;
+}
+
+State Controller::state() const {
+    std::lock_guard lk(impl_->mu);
+    return impl_->state;
+}
+
+}  // namespace of::failover

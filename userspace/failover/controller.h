@@ -1,0 +1,145 @@
+// The failover controller: one server's side of a failover pair (seed 004).
+//
+// It runs the Fig. 5 state machine (state_machine.h) on its own thread, at real-time priority
+// when configured, because its timing is the pair's timing:
+//   - as primary it sends heartbeats every Failover_Heartbeat_Freq ms on both paths (private link
+//     and stream LAN), renews its egress-gate lease, replicates every session decision of the
+//     engine to the partner, answers failover_sync, and watches its own stream interface and
+//     sessions ([0095]): a local failure sends a failover message at once;
+//   - as secondary it runs the replicated sessions in lockstep behind a closed gate, and takes
+//     over on a failover message or after Max_Missed_Heartbeats silent periods on BOTH paths:
+//     it resumes each session from the first packet the primary did not put on the wire (seen
+//     by its gate's ingress through the hub, or from the last heartbeat), opens its gate, becomes
+//     Primary_No_Secondary and tells the old primary to stop.
+// The type/state pair itself lives in the failover backend (failover.ko or its userspace
+// holder: libfo), which signals every change to registered processes (SIGFAILOVER).
+#pragma once
+
+#include <netinet/in.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/result.h"
+#include "failover/peer_protocol.h"
+#include "failover/state_machine.h"
+
+namespace of::engine {
+class Engine;
+}
+namespace of::gate {
+class Gate;
+}
+namespace of::fo {
+class Backend;
+}
+
+namespace of::failover {
+
+enum class FailureReason : uint8_t {
+    kNone = 0,
+    kCriticalProcess = 1,  // a registered critical process died
+    kStreamInterface = 2,  // public / gigabit interface failure
+    kDisk = 3,             // extent reads fail
+    kSoftware = 4,         // system software failure
+    kOperator = 5,         // an operator forced it
+};
+const char* to_string(FailureReason r);
+
+struct ControllerOptions {
+    uint32_t heartbeat_ms = 5;
+    uint32_t max_missed = 3;
+    uint16_t peer_port = 7400;
+    std::optional<in_addr> partner_private;  // the partner over the private link
+    std::optional<in_addr> partner_admin;    // the partner's admin IP on the stream LAN
+    std::vector<uint8_t> key;                // shared HMAC key, 16..64 bytes
+    int rt_priority = 0;                     // SCHED_FIFO for the controller thread; 0 = normal
+    std::string stream_interface;            // watched for link loss ([0095])
+    // [0083] parameters this server sends in a SyncReply (primary) and compares (secondary).
+    std::function<std::vector<std::pair<std::string, std::string>>()> sync_params;
+    // Applies what a sync brought; returns why not if it cannot (the sync then fails).
+    std::function<Status(const std::vector<std::pair<std::string, std::string>>&)> apply_sync;
+};
+
+struct PeerCounters {
+    uint64_t sent = 0;
+    uint64_t received = 0;        // accepted messages
+    uint64_t bad_auth = 0;        // tag did not verify
+    uint64_t malformed = 0;
+    uint64_t replayed = 0;
+    uint64_t stale = 0;           // outside the window, or an old epoch
+    uint64_t clock_skew = 0;
+    uint64_t wrong_source = 0;    // authenticated, but not from the partner's addresses
+    uint64_t send_errors = 0;
+};
+
+struct ControllerStatus {
+    State state = State::kUnconfigured;
+    bool partner_configured = false;
+    bool partner_online = false;
+    std::optional<State> partner_state;
+    int64_t last_heartbeat_ns = 0;        // CLOCK_REALTIME of the last heartbeat heard (0: never)
+    int64_t last_heartbeat_private_ns = 0;
+    int64_t last_heartbeat_lan_ns = 0;
+    uint32_t heartbeat_ms = 0;
+    uint32_t max_missed = 0;
+    uint64_t heartbeats_sent = 0;
+    uint64_t heartbeats_received = 0;
+    uint64_t takeovers = 0;
+    int64_t last_takeover_ns = 0;         // CLOCK_REALTIME at which the gate opened
+    int64_t last_detection_ns = 0;        // CLOCK_REALTIME at which the failure was declared
+    std::string last_takeover_cause;
+    uint64_t sessions_resumed_from_hub = 0;
+    uint64_t sessions_resumed_from_heartbeat = 0;
+    std::string last_error;
+    PeerCounters peer;
+};
+
+class Controller {
+public:
+    static Result<std::unique_ptr<Controller>> create(ControllerOptions options, engine::Engine& engine,
+                                                      gate::Gate* gate, fo::Backend* backend);
+    ~Controller();
+    Controller(const Controller&) = delete;
+    Controller& operator=(const Controller&) = delete;
+
+    // Admin commands ([0079]-[0088]). Each returns the state it left, or why it was refused.
+    struct TypeSettings {
+        std::optional<in_addr> partner_private, partner_admin;
+        std::optional<uint32_t> heartbeat_ms, max_missed;
+    };
+    Result<State> set_config_type(bool primary, const TypeSettings& settings);
+    Result<State> start_streaming();
+    Result<State> stop_streaming();
+    // Secondary: pulls the [0083] parameters from the primary; returns after success or failure.
+    Result<State> failover_sync();
+    Result<State> failover_unsync();
+    // Reports a local failure ([0095]); the primary fails over to its partner at once.
+    void local_failure(FailureReason reason, const std::string& detail);
+    // The primary's parameters changed: push them to an online secondary.
+    void parameters_changed();
+    // A session decision of the engine (its observer): the primary sends it to the partner.
+    // Safe from any thread, including from inside the engine (it takes no lock the engine waits on).
+    void replicate(const SessionRecord& record);
+    // Called on the controller thread after a takeover, e.g. to adopt the sessions into RTSP.
+    void on_takeover(std::function<void()> fn);
+
+    ControllerStatus status() const;
+    State state() const;
+
+private:
+    struct Impl;
+    explicit Controller(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace of::failover
