@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <future>
 
 #include "common/clock.h"
 #include "engine/engine.h"
@@ -576,7 +577,7 @@ Result<State> Controller::failover_sync() {
         return make_error(EIO, "failover_sync failed: " + why + "; back to Secondary_Offline");
     };
     if (!got) return fail("no answer from the primary at " + ip_text(*impl_->opts.partner_private) + " within 2 s");
-    SyncReply reply = std::get<SyncReply>(std::move(*impl_->sync_result).value());
+    SyncReply reply = std::move(*impl_->sync_result).value();
     // System time ([0083]): lockstep needs both clocks to agree far below a frame.
     int64_t rtt_half = (realtime_ns() - sent_ns) / 2;
     int64_t offset = reply.primary_time_ns + rtt_half - realtime_ns();
