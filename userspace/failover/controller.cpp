@@ -2,6 +2,8 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -12,7 +14,7 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <fstream>
+#include <cstring>
 #include <future>
 
 #include "common/clock.h"
@@ -363,10 +365,13 @@ struct Controller::Impl {
             takeover("missed " + std::to_string(opts.max_missed) + " heartbeats on both paths");
     }
 
-    static bool link_up(const std::string& ifname) {
-        std::ifstream f("/sys/class/net/" + ifname + "/operstate");
-        std::string s;
-        return f && (f >> s) && (s == "up" || s == "unknown");
+    // Carrier on the stream interface, asked through a socket so that it reads this network
+    // namespace (sysfs may show another one's).
+    bool link_up(const std::string& ifname) const {
+        ifreq ifr{};
+        std::strncpy(ifr.ifr_name, ifname.c_str(), IFNAMSIZ - 1);
+        if (ioctl(sock, SIOCGIFFLAGS, &ifr) != 0) return false;
+        return (ifr.ifr_flags & IFF_UP) && (ifr.ifr_flags & IFF_RUNNING);
     }
 
     void fail_locally(FailureReason reason, const std::string& detail) {
