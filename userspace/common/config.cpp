@@ -165,7 +165,7 @@ const std::vector<Key>& keys() {
         {"partner_admin_ip", "IPv4 address", "(none)",
          "The partner's admin address on the stream LAN: the second heartbeat path.",
          ipv4(&Config::partner_admin_ip)},
-        {"failover_rt_priority", "0..99", "0", "SCHED_FIFO priority of the failover (heartbeat) thread; 0 = normal.",
+        {"failover_rt_priority", "0..99", "50", "SCHED_FIFO priority of the failover (heartbeat) thread (needs CAP_SYS_NICE); 0 = normal.",
          uint_in(&Config::failover_rt_priority, 0, 99)},
         {"egress_gate", "yes|no", "yes", "Attach the BPF egress gate to stream_interface (a pair needs it).",
          boolean(&Config::egress_gate)},

@@ -48,7 +48,7 @@ struct Config {
     uint16_t peer_port = 7400;
     in_addr partner_private_ip{};              // 0 = none
     in_addr partner_admin_ip{};                // 0 = none
-    uint32_t failover_rt_priority = 0;         // SCHED_FIFO for the heartbeat thread; 0 = normal
+    uint32_t failover_rt_priority = 50;        // SCHED_FIFO for the heartbeat thread; 0 = normal
     bool egress_gate = true;                   // attach the BPF egress gate to stream_interface
     std::string bpf_pin_root = "/sys/fs/bpf/oneframe";
     // Load balancing, seed 004 [0083] (carried by failover_sync)

@@ -153,16 +153,20 @@ struct Controller::Impl {
         if (!gate) return;
         bool was = transmits(prev), now = transmits(state);
         if (now && !was) {
-            (void)gate->renew_lease(std::chrono::nanoseconds(lease_ns()));
+            // Lease and fence guard against a partner that took over; a server without a
+            // partner has none, and its gate must not close because this thread was late.
+            if (partner_configured()) (void)gate->renew_lease(std::chrono::nanoseconds(lease_ns()));
+            else (void)gate->clear_lease();
             (void)gate->set_fence(partner_configured());
             (void)gate->set_role(gate::Role::Active);
         } else if (!now && was) {
             (void)gate->set_role(gate::Role::Standby);
         }
     }
-    // The lease outlives the partner's detection time, so the gate closes no later than the
-    // moment a partner would take over a hung primary.
-    int64_t lease_ns() const { return std::max<int64_t>(silence_limit_ns() + period_ns(), 10'000'000); }
+    // The lease ends one period after the partner's detection time: a hung primary stops
+    // transmitting at most that long after a partner took over, even where its fence cannot see
+    // the partner (a switch instead of a hub). Where it can, the fence stops it sooner.
+    int64_t lease_ns() const { return silence_limit_ns() + 2 * period_ns(); }
 
     // ---- the thread ----
     void run() {
@@ -333,7 +337,7 @@ struct Controller::Impl {
                 st.last_error = "fenced: the partner transmits on the stream IP";
                 return;
             }
-            (void)gate->renew_lease(std::chrono::nanoseconds(lease_ns()));
+            if (partner_configured()) (void)gate->renew_lease(std::chrono::nanoseconds(lease_ns()));
         }
         if (!opts.stream_interface.empty() && !link_up(opts.stream_interface)) {
             fail_locally(FailureReason::kStreamInterface, opts.stream_interface + " is down");
