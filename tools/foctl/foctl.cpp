@@ -70,7 +70,7 @@ int main(int argc, char** argv) {
     std::optional<double> timeout_s;
     app.add_flag("--json", json, "machine output: one JSON object or array on stdout");
     app.add_option("--bus", bus_address, "D-Bus address of the daemon's bus (else $ONEFRAME_BUS, else the system bus)");
-    app.add_option("--timeout", timeout_s, "seconds to wait for an answer (default 30; asset add: 3600)")
+    app.add_option("--timeout", timeout_s, "seconds to wait for an answer (default 30; asset add 3600, failover-sync 600)")
         ->check(CLI::Range(0.001, 86400.0));
 
     std::deque<Command> commands;  // a deque: references to elements stay valid

@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <cstring>
-#include <exception>
 #include <mutex>
 #include <vector>
 
@@ -397,7 +396,8 @@ int Server::Impl::on_call(sd_bus_message* m, void* userdata, sd_bus_error*) {
     auto* self = static_cast<Impl*>(userdata);
     detail::Shared& shared = *self->shared;
     shared.calls++;
-    const Entry* e = find_entry(sd_bus_message_get_member(m) ? sd_bus_message_get_member(m) : "");
+    const char* member = sd_bus_message_get_member(m);
+    const Entry* e = find_entry(member ? member : "");
     Pending p(sd_bus_message_ref(m), self->shared);
     if (const char* s = sd_bus_message_get_sender(m)) p.caller.sender = s;
     if (!e) {  // cannot happen: sd-bus only calls us for vtable members
@@ -430,7 +430,7 @@ int Server::Impl::on_call(sd_bus_message* m, void* userdata, sd_bus_error*) {
     Args args(m);
     try {
         e->invoke(*self->handler, args, std::move(p), shared);
-    } catch (const std::exception&) {
+    } catch (...) {
         // The Reply, if the handler had not stored it, was destroyed while unwinding and has
         // answered Failed; an exception must not unwind through sd-bus's C frames.
     }
@@ -452,7 +452,7 @@ int Server::Impl::on_post(sd_event_source*, int fd, uint32_t, void* userdata) {
     for (auto& t : tasks) {
         try {
             t->run();
-        } catch (const std::exception&) {
+        } catch (...) {
             // Same reason as in on_call; a Reply the task held has answered Failed.
         }
     }
