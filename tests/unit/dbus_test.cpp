@@ -370,6 +370,10 @@ public:
         std::lock_guard lock(mu_);
         return calls_;
     }
+    bool wait_calls(size_t n, std::chrono::milliseconds bound = 20s) {
+        std::unique_lock lock(mu_);
+        return cv_.wait_for(lock, bound, [&] { return calls_.size() >= n; });
+    }
     bool wait_deferred(size_t n, std::chrono::milliseconds bound = 20s) {
         std::unique_lock lock(mu_);
         return cv_.wait_for(lock, bound, [&] { return deferred_.size() >= n; });
@@ -394,6 +398,7 @@ private:
     void record(const std::string& what, const ReplyBase& r) {
         std::lock_guard lock(mu_);
         calls_.push_back(what + (r.caller().uid ? " uid=" + std::to_string(*r.caller().uid) : ""));
+        cv_.notify_all();
     }
     of::Result<Dict> add(const AssetAddRequest& req) {
         std::lock_guard lock(mu_);
@@ -1009,6 +1014,23 @@ TEST_F(DbusTest, ClientTimesOutOnAnUnansweredCall) {
     ASSERT_TRUE(handler_.wait_deferred(1));
     server_->server().post([this] { handler_.complete_deferred("slow"); });
     EXPECT_EQ(call_dict(method::Status), status_dict());
+}
+
+TEST_F(DbusTest, CallsWithoutReplyExpectedRunAndLeaveNothingPending) {
+    sd_bus_message* m = nullptr;
+    ASSERT_GE(sd_bus_message_new_method_call(client_->bus(), &m, kBusName, kObjectPath, kInterface, "AssetAdd"), 0);
+    ASSERT_GE(sd_bus_message_append(m, "ss", "/quiet.ts", "quiet"), 0);
+    ASSERT_GE(sd_bus_message_set_expect_reply(m, 0), 0);
+    ASSERT_GE(sd_bus_send(client_->bus(), m, nullptr), 0);
+    sd_bus_message_unref(m);
+    ASSERT_GE(sd_bus_flush(client_->bus()), 0);
+    ASSERT_TRUE(handler_.wait_calls(1));
+    // The next call is answered after the first was handled: by then nothing may be pending.
+    EXPECT_EQ(*find_string(call_dict(method::AssetShow, {"quiet"}), "path"), "/quiet.ts");
+    const ServerCounters c = server_->server().counters();
+    EXPECT_EQ(c.pending, 0u);
+    EXPECT_EQ(c.send_errors, 0u);
+    EXPECT_EQ(c.dropped, 0u);
 }
 
 TEST_F(DbusTest, ServerCreateRefusesABusWithoutLoopAndATakenName) {

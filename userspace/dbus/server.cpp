@@ -51,70 +51,53 @@ ReplyBase::~ReplyBase() {
     }
 }
 
-void ReplyBase::release() {
-    sd_bus_message_unref(call_);
-    call_ = nullptr;
+sd_bus_message* ReplyBase::take() {
+    // Counters settle before the answer leaves, so a caller that has its answer sees them final.
     shared_->pending--;
+    return std::exchange(call_, nullptr);
 }
 
-namespace {
-// Sends a reply built by fill(m); an encoding failure becomes an error reply instead.
-template <class Fill>
-int send_return(sd_bus_message* call, Fill&& fill, Error& encode_error) {
-    if (sd_bus_message_get_expect_reply(call) == 0) return 0;  // sent with NO_REPLY_EXPECTED
+void ReplyBase::send(const std::function<Status(sd_bus_message*)>& fill) {
+    if (!call_) return;
+    if (sd_bus_message_get_expect_reply(call_) == 0) {  // sent with NO_REPLY_EXPECTED
+        sd_bus_message_unref(take());
+        return;
+    }
     sd_bus_message* reply = nullptr;
-    int r = sd_bus_message_new_method_return(call, &reply);
-    if (r < 0) {
-        encode_error = errno_error("could not build the reply", -r);
-        return r;
-    }
-    Status s = fill(reply);
-    if (!s) {
+    int r = sd_bus_message_new_method_return(call_, &reply);
+    if (r < 0) return fail(errno_error("could not build the reply", -r));
+    if (Status s = fill(reply); !s) {
         sd_bus_message_unref(reply);
-        encode_error = make_error(EIO, "could not encode the reply: " + s.error().message);
-        return -EIO;
+        return fail(make_error(EIO, "could not encode the reply: " + s.error().message));
     }
+    sd_bus_message* call = take();
     r = sd_bus_send(nullptr, reply, nullptr);
+    if (r < 0) shared_->send_errors++;
     sd_bus_message_unref(reply);
-    return r;
+    sd_bus_message_unref(call);
 }
-}  // namespace
 
 void ReplyBase::send_dict(const Dict& d) {
-    if (!call_) return;
-    Error enc;
-    int r = send_return(call_, [&](sd_bus_message* m) { return append_dict(m, d); }, enc);
-    if (r == -EIO && !enc.message.empty()) return fail(enc);
-    if (r < 0) shared_->send_errors++;
-    release();
+    send([&](sd_bus_message* m) { return append_dict(m, d); });
 }
 
 void ReplyBase::send_list(const List& l) {
-    if (!call_) return;
-    Error enc;
-    int r = send_return(call_, [&](sd_bus_message* m) { return append_list(m, l); }, enc);
-    if (r == -EIO && !enc.message.empty()) return fail(enc);
-    if (r < 0) shared_->send_errors++;
-    release();
+    send([&](sd_bus_message* m) { return append_list(m, l); });
 }
 
 void ReplyBase::send_empty() {
-    if (!call_) return;
-    Error enc;
-    int r = send_return(call_, [](sd_bus_message*) { return Status{}; }, enc);
-    if (r < 0) shared_->send_errors++;
-    release();
+    send([](sd_bus_message*) { return Status{}; });
 }
 
 void ReplyBase::fail(const Error& e) {
     if (!call_) return;
     const std::string name = error_name(e.code);
-    std::string text = e.message.empty() ? std::string(std::strerror(e.code > 0 ? e.code : EIO)) : e.message;
-    text = utf8_sanitize(text);
+    const std::string text =
+        utf8_sanitize(e.message.empty() ? std::string(std::strerror(e.code > 0 ? e.code : EIO)) : e.message);
     shared_->errors++;
-    int r = sd_bus_reply_method_errorf(call_, name.c_str(), "%s", text.c_str());
-    if (r < 0) shared_->send_errors++;
-    release();
+    sd_bus_message* call = take();
+    if (sd_bus_reply_method_errorf(call, name.c_str(), "%s", text.c_str()) < 0) shared_->send_errors++;
+    sd_bus_message_unref(call);
 }
 
 // ---------------------------------------------------------------------------------------------

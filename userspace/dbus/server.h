@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -76,7 +77,8 @@ protected:
     void send_empty();
 
 private:
-    void release();
+    sd_bus_message* take();
+    void send(const std::function<Status(sd_bus_message*)>& fill);
     sd_bus_message* call_ = nullptr;
     std::shared_ptr<detail::Shared> shared_;
     Caller caller_;
