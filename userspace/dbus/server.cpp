@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <linux/capability.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -417,7 +418,7 @@ int Server::Impl::on_call(sd_bus_message* m, void* userdata, sd_bus_error*) {
         // The Reply, if the handler had not stored it, was destroyed while unwinding and has
         // answered Failed; an exception must not unwind through sd-bus's C frames.
     }
-    if (p.call) {  // a refused argument or a throw before the Reply was made
+    if (p.call) {  // a throw before the Pending became a Reply
         Reply<void>(std::move(p)).fail(make_error(EIO, "internal error"));
     }
     return 1;
