@@ -279,6 +279,12 @@ TEST(MpegtsIndex, HandComputedInterpolation) {
     Index b = must_make(20, {{4, 1000}, {14, 28000}});  // 2700 ticks = 100 us a packet
     for (uint64_t n = 0; n <= 20; ++n) EXPECT_EQ(b.packet_time_ns(n), int64_t(n) * 100'000);
     EXPECT_EQ(b.bitrate_bps(), 15'040'000u);
+
+    // Before the first PCR the map rounds towards minus infinity, not towards zero:
+    // A(n) = floor((n - 2) * 10000 / 81), A(0) = floor(-246.9) = -247, so t(2) = 247.
+    Index c = must_make(6, {{2, 0}, {5, 10}});
+    std::vector<int64_t> want = {0, 123, 247, 370, 493, 617, 740};
+    for (uint64_t n = 0; n <= 6; ++n) EXPECT_EQ(c.packet_time_ns(n), want[n]) << n;
 }
 
 TEST(MpegtsIndex, TimeMapStrictlyMonotonicAndInvertible) {
@@ -564,8 +570,8 @@ TEST(MpegtsRealAsset, IndexesAnFfmpegAsset) {
     auto t0 = std::chrono::steady_clock::now();
     Index ix = must_index(data);
     auto secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("[ measure  ] indexed %zu bytes of ffmpeg TS in %.3f s (%.0f MB/s)\n", data.size(), secs,
-                data.size() / secs / 1e6);
+    std::printf("[ measure  ] indexed %zu bytes of ffmpeg TS in %.2f ms (%.0f MB/s)\n", data.size(),
+                secs * 1e3, data.size() / secs / 1e6);
     EXPECT_EQ(ix.pcr_pid(), 0x100);
     EXPECT_EQ(ix.rap_pid(), 0x100);
     EXPECT_NEAR(double(ix.bitrate_bps()), 3'750'000.0, 3'750.0);  // CBR within 0.1%
@@ -602,7 +608,8 @@ TEST(MpegtsMeasure, IndexerThroughput) {
     auto r = ix.finish();
     auto secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     ASSERT_TRUE(r.ok()) << r.error().message;
-    std::printf("[ measure  ] indexer: %zu bytes in %.3f s = %.0f MB/s\n", ts.size(), secs, ts.size() / secs / 1e6);
+    std::printf("[ measure  ] indexer: %zu bytes of synthetic TS in %.2f ms = %.0f MB/s\n", ts.size(),
+                secs * 1e3, ts.size() / secs / 1e6);
 }
 
 }  // namespace
