@@ -14,6 +14,9 @@
 #include <sched.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <net/if.h>
+#include <bpf/libbpf.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -27,6 +30,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "common/clock.h"
@@ -331,13 +335,17 @@ TEST_F(GateProg, LeaseEndsOnTheKernelClock) {
 // Checks PASS_FROM(s) and PASS_BEFORE(s) against RFC 1982 order for every seq in `seqs`.
 void expect_complementary(Gate& g, uint16_t s, const std::vector<uint32_t>& seqs, int& runs) {
     const Flow flow{kClient, kPort};
+    Bytes frame = rtp_frame(0);
+    const size_t seq_at = frame.size() - 200 + 2;  // RTP seq inside the 200-byte payload
     for (Rule rule : {Rule::PassFrom, Rule::PassBefore}) {
         ASSERT_TRUE(g.set_flow_rule(flow, rule, s).ok());
         for (uint32_t q : seqs) {
             uint16_t seq = uint16_t(q);
             bool after = uint16_t(seq - s) < 0x8000;
             bool pass = rule == Rule::PassFrom ? after : !after;
-            int v = run_prog(g.egress_prog_fd(), rtp_frame(seq));
+            frame[seq_at] = uint8_t(seq >> 8);
+            frame[seq_at + 1] = uint8_t(seq);
+            int v = run_prog(g.egress_prog_fd(), frame);
             ++runs;
             ASSERT_EQ(v, pass ? kOk : kShot) << "rule " << int(rule) << " S=" << s << " seq=" << seq;
         }
@@ -762,6 +770,720 @@ TEST_F(GateProg, DecisionCostPerPacket) {
         std::printf("[ measure ] gate_egress %-8s %u ns per packet (BPF_PROG_TEST_RUN, %u runs)\n", c.name,
                     o.duration, o.repeat);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network namespaces, veth pairs and a hub, made and removed by the tests themselves.
+
+int sh(const std::string& cmd) {
+    int rc = std::system((cmd + " >/dev/null 2>&1").c_str());
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+std::string sh_out(const std::string& cmd) {
+    std::string out;
+    FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+    if (!p) return out;
+    char buf[512];
+    while (fgets(buf, sizeof(buf), p)) out += buf;
+    pclose(p);
+    return out;
+}
+
+std::string unique(const std::string& tag) { return "ofg" + std::to_string(getpid()) + tag; }
+
+class Netns {
+public:
+    explicit Netns(std::string name) : name_(std::move(name)) {
+        sh("ip netns del " + name_);
+        if (sh("ip netns add " + name_) != 0) return;
+        fd_ = open(("/var/run/netns/" + name_).c_str(), O_RDONLY | O_CLOEXEC);
+        // A shared MAC gives both servers one IPv6 link-local address (DAD fails); the lab
+        // streams over IPv4 only.
+        sh("ip netns exec " + name_ + " sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
+        sh("ip -n " + name_ + " link set lo up");
+    }
+    ~Netns() {
+        if (fd_ >= 0) close(fd_);
+        sh("ip netns del " + name_);
+    }
+    Netns(const Netns&) = delete;
+    Netns& operator=(const Netns&) = delete;
+    bool ok() const { return fd_ >= 0; }
+    int fd() const { return fd_; }
+    const std::string& name() const { return name_; }
+    std::string ip(const std::string& args) const { return "ip -n " + name_ + " " + args; }
+
+private:
+    std::string name_;
+    int fd_ = -1;
+};
+
+// The calling thread in `ns` for the scope (setns, not `ip netns exec`, which hides bpffs).
+class InNetns {
+public:
+    explicit InNetns(const Netns& ns) {
+        self_ = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+        ok_ = self_ >= 0 && setns(ns.fd(), CLONE_NEWNET) == 0;
+    }
+    ~InNetns() {
+        if (self_ >= 0) {
+            if (setns(self_, CLONE_NEWNET) != 0) std::abort();  // the test thread would be lost
+            close(self_);
+        }
+    }
+    InNetns(const InNetns&) = delete;
+    InNetns& operator=(const InNetns&) = delete;
+    bool ok() const { return ok_; }
+
+private:
+    int self_ = -1;
+    bool ok_ = false;
+};
+
+// Keeps the sending thread on one CPU: veth queues each packet on the sending CPU's backlog, so
+// packets sent from one CPU reach the client in send order (the end markers rely on it).
+class PinnedCpu {
+public:
+    PinnedCpu() {
+        pthread_getaffinity_np(pthread_self(), sizeof(old_), &old_);
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        for (int c = 0; c < CPU_SETSIZE; ++c)
+            if (CPU_ISSET(c, &old_)) {
+                CPU_SET(c, &one);
+                break;
+            }
+        pthread_setaffinity_np(pthread_self(), sizeof(one), &one);
+    }
+    ~PinnedCpu() { pthread_setaffinity_np(pthread_self(), sizeof(old_), &old_); }
+
+private:
+    cpu_set_t old_{};
+};
+
+// Polls `pred` until it holds or `timeout` passes; a short pause between checks.
+template <class Pred>
+bool wait_until(Pred pred, std::chrono::milliseconds timeout = 5000ms) {
+    const int64_t end = of::monotonic_ns() + std::chrono::nanoseconds(timeout).count();
+    while (!pred()) {
+        if (of::monotonic_ns() > end) return false;
+        poll(nullptr, 0, 1);
+    }
+    return true;
+}
+
+int udp_socket(const Netns& ns, in_addr addr, uint16_t port) {
+    InNetns in(ns);
+    if (!in.ok()) return -1;
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    int one = 1, big = 16 << 20;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &big, sizeof(big));
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr = addr;
+    sa.sin_port = htons(port);
+    if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+struct Sock {
+    int fd = -1;
+    explicit Sock(int f) : fd(f) {}
+    ~Sock() {
+        if (fd >= 0) close(fd);
+    }
+    Sock(const Sock&) = delete;
+    Sock& operator=(const Sock&) = delete;
+};
+
+bool send_to(int fd, in_addr dst, uint16_t port, const Bytes& payload) {
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr = dst;
+    sa.sin_port = htons(port);
+    return sendto(fd, payload.data(), payload.size(), 0, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) ==
+           ssize_t(payload.size());
+}
+
+// One UDP GSO send: `count` RTP datagrams of 200 bytes from `first_seq` in one skb.
+bool send_gso(int fd, in_addr dst, uint16_t port, uint16_t first_seq, int count) {
+    Bytes payload;
+    for (int i = 0; i < count; ++i) {
+        Bytes r = rtp(uint16_t(first_seq + i));
+        payload.insert(payload.end(), r.begin(), r.end());
+    }
+    int seg = 200;
+    if (setsockopt(fd, IPPROTO_UDP, UDP_SEGMENT, &seg, sizeof(seg)) != 0) return false;
+    bool ok = send_to(fd, dst, port, payload);
+    seg = 0;
+    setsockopt(fd, IPPROTO_UDP, UDP_SEGMENT, &seg, sizeof(seg));
+    return ok;
+}
+
+// What the client received: RTP seqs from the stream IP, and end markers from admin IPs.
+struct Inbox {
+    std::map<uint16_t, int> seqs;  // seq -> times received
+    int total = 0;
+    std::set<uint32_t> markers;  // source addresses of markers seen
+    int duplicates() const {
+        int d = 0;
+        for (auto& [s, n] : seqs) d += n - 1;
+        return d;
+    }
+};
+
+// Reads until a marker from every address in `markers` arrived (or 10 s passed).
+bool drain(int fd, in_addr stream, const std::vector<in_addr>& markers, Inbox& box) {
+    const int64_t end = of::monotonic_ns() + 10'000'000'000;
+    auto all_markers = [&] {
+        for (auto m : markers)
+            if (!box.markers.count(m.s_addr)) return false;
+        return true;
+    };
+    while (!all_markers()) {
+        int64_t left = (end - of::monotonic_ns()) / 1'000'000;
+        if (left <= 0) return false;
+        pollfd p{fd, POLLIN, 0};
+        if (poll(&p, 1, int(left)) <= 0) continue;
+        uint8_t buf[2048];
+        sockaddr_in from{};
+        socklen_t fl = sizeof(from);
+        ssize_t n = recvfrom(fd, buf, sizeof(buf), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from), &fl);
+        if (n < 0) continue;
+        if (from.sin_addr.s_addr != stream.s_addr) {
+            box.markers.insert(from.sin_addr.s_addr);
+            continue;
+        }
+        ++box.total;
+        if (n >= 12 && (buf[0] >> 6) == 2) box.seqs[uint16_t(buf[2] << 8 | buf[3])]++;
+    }
+    return true;
+}
+
+bool have_netns_tools() { return geteuid() == 0 && sh("ip netns list") == 0 && sh("tc -V") == 0; }
+
+// The test's own pin root on bpffs, removed at the end.
+struct PinRoot {
+    std::string path = "/sys/fs/bpf/oneframe-test-" + std::to_string(getpid());
+    ~PinRoot() { sh("rm -rf " + path); }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Attach, re-attach over stale pins, detach: one veth in a private namespace.
+
+class GateAttach : public ::testing::Test {
+protected:
+    void SetUp() override {
+        if (!have_netns_tools()) GTEST_SKIP() << "needs root, ip netns and tc";
+        ns.emplace(unique("s"));
+        ASSERT_TRUE(ns->ok()) << "ip netns add failed";
+        ASSERT_EQ(sh(ns->ip("link add vs type veth peer name vp")), 0);
+        ASSERT_EQ(sh(ns->ip("link set vs up")), 0);
+    }
+    // tc's view of one direction's filters.
+    std::string filters(const char* dir) { return sh_out("tc -n " + ns->name() + " filter show dev vs " + dir); }
+    uint32_t attached_prog_id(bpf_tc_attach_point point) {
+        InNetns in(*ns);
+        bpf_tc_hook h{};
+        h.sz = sizeof(h);
+        h.ifindex = int(if_nametoindex("vs"));
+        h.attach_point = point;
+        bpf_tc_opts o{};
+        o.sz = sizeof(o);
+        o.handle = of::gate::kTcHandle;
+        o.priority = of::gate::kTcPriority;
+        auto old = libbpf_set_print(nullptr);  // "no such filter" is an answer here, not news
+        int rc = bpf_tc_query(&h, &o);
+        libbpf_set_print(old);
+        return rc == 0 ? o.prog_id : 0;
+    }
+    of::Result<Gate> attach(of::gate::AttachOptions opts = {}) {
+        InNetns in(*ns);
+        return Gate::attach("vs", kStream, pins.path, opts);
+    }
+    bool pinned(const char* map) {
+        struct stat st{};
+        return stat((pins.path + "/vs/" + map).c_str(), &st) == 0;
+    }
+
+    PinRoot pins;
+    std::optional<Netns> ns;
+};
+
+TEST_F(GateAttach, AttachPinsMapsAndAttachesBothPrograms) {
+    auto g = attach();
+    ASSERT_TRUE(g.ok()) << g.error().message;
+    for (const char* m : {GATE_MAP_CTL, GATE_MAP_PARTNER, GATE_MAP_FLOWS, GATE_MAP_SEEN, GATE_MAP_COUNTERS})
+        EXPECT_TRUE(pinned(m)) << m;
+    EXPECT_NE(filters("egress").find("gate_egress"), std::string::npos) << filters("egress");
+    EXPECT_NE(filters("ingress").find("gate_ingress"), std::string::npos) << filters("ingress");
+    EXPECT_NE(filters("egress").find("direct-action"), std::string::npos);
+    EXPECT_EQ(g->pin_dir(), pins.path + "/vs");
+    EXPECT_GT(g->ifindex(), 0);
+    // bpftool reads the pinned counters (docs/gate-protocol.md shows how).
+    std::string dump = sh_out("bpftool map dump pinned " + pins.path + "/vs/gate_counters");
+    EXPECT_NE(dump.find("\"key\": 0"), std::string::npos) << dump;
+    InNetns in(*ns);
+    ASSERT_TRUE(g->detach().ok());
+}
+
+TEST_F(GateAttach, ReattachOverAStaleGateKeepsStateAndReplacesPrograms) {
+    uint32_t old_egress = 0, old_ingress = 0;
+    {
+        auto g = attach();
+        ASSERT_TRUE(g.ok()) << g.error().message;
+        ASSERT_TRUE(g->set_role(Role::Active).ok());
+        ASSERT_TRUE(g->set_flow_rule(Flow{kClient, kPort}, Rule::PassFrom, 4242).ok());
+        old_egress = attached_prog_id(BPF_TC_EGRESS);
+        old_ingress = attached_prog_id(BPF_TC_INGRESS);
+        ASSERT_NE(old_egress, 0u);
+        // The daemon "crashes": its handles close, the gate stays in force.
+    }
+    EXPECT_EQ(attached_prog_id(BPF_TC_EGRESS), old_egress);
+    EXPECT_TRUE(pinned(GATE_MAP_CTL));
+    auto g = attach();
+    ASSERT_TRUE(g.ok()) << g.error().message;
+    auto c = g->control();
+    ASSERT_TRUE(c.ok());
+    EXPECT_EQ(c->role, Role::Active);
+    auto r = g->flow_rule(Flow{kClient, kPort});
+    ASSERT_TRUE(r.ok() && r->has_value());
+    EXPECT_EQ((*r)->seq, 4242);
+    uint32_t new_egress = attached_prog_id(BPF_TC_EGRESS), new_ingress = attached_prog_id(BPF_TC_INGRESS);
+    EXPECT_NE(new_egress, 0u);
+    EXPECT_NE(new_egress, old_egress);
+    EXPECT_NE(new_ingress, old_ingress);
+    // Replaced, not added: one filter per direction.
+    auto count_filters = [](const std::string& s) {
+        size_t n = 0;
+        for (size_t p = s.find("handle 0xf1"); p != std::string::npos; p = s.find("handle 0xf1", p + 1)) ++n;
+        return n;
+    };
+    EXPECT_EQ(count_filters(filters("egress")), 1u) << filters("egress");
+    EXPECT_EQ(count_filters(filters("ingress")), 1u) << filters("ingress");
+    InNetns in(*ns);
+    ASSERT_TRUE(g->detach().ok());
+}
+
+TEST_F(GateAttach, ASecondOwnerIsRefused) {
+    auto g = attach();
+    ASSERT_TRUE(g.ok()) << g.error().message;
+    auto h = attach();
+    ASSERT_FALSE(h.ok());
+    EXPECT_EQ(h.error().code, EBUSY) << h.error().message;
+    InNetns in(*ns);
+    EXPECT_EQ(Gate::remove("vs", pins.path).error().code, EBUSY);
+    ASSERT_TRUE(g->detach().ok());
+}
+
+TEST_F(GateAttach, IncompatiblePinsAreRefusedUnlessReplaced) {
+    {
+        auto g = attach();
+        ASSERT_TRUE(g.ok()) << g.error().message;
+        ASSERT_TRUE(g->set_role(Role::Active).ok());
+    }
+    // A gate_ctl of another ABI version.
+    {
+        int fd = bpf_obj_get((pins.path + "/vs/" GATE_MAP_CTL).c_str());
+        ASSERT_GE(fd, 0);
+        gate_ctl c{};
+        uint32_t key = 0;
+        ASSERT_EQ(bpf_map_lookup_elem_flags(fd, &key, &c, BPF_F_LOCK), 0);
+        c.abi_version = GATE_ABI_VERSION + 1;
+        ASSERT_EQ(bpf_map_update_elem(fd, &key, &c, BPF_F_LOCK), 0);
+        close(fd);
+    }
+    auto g = attach();
+    ASSERT_FALSE(g.ok());
+    EXPECT_EQ(g.error().code, EEXIST);
+    EXPECT_NE(g.error().message.find("ABI"), std::string::npos) << g.error().message;
+    // A map of another layout where gate_flows should be.
+    ASSERT_EQ(unlink((pins.path + "/vs/" GATE_MAP_FLOWS).c_str()), 0);
+    int other = bpf_map_create(BPF_MAP_TYPE_ARRAY, "other", 4, 8, 1, nullptr);
+    ASSERT_GE(other, 0);
+    ASSERT_EQ(bpf_obj_pin(other, (pins.path + "/vs/" GATE_MAP_FLOWS).c_str()), 0);
+    close(other);
+    g = attach();
+    ASSERT_FALSE(g.ok());
+    EXPECT_EQ(g.error().code, EEXIST);
+    // Replacing starts afresh: standby, new maps.
+    g = attach({.replace_incompatible_pins = true});
+    ASSERT_TRUE(g.ok()) << g.error().message;
+    auto c = g->control();
+    ASSERT_TRUE(c.ok());
+    EXPECT_EQ(c->role, Role::Standby);
+    EXPECT_EQ(c->abi_version, uint32_t(GATE_ABI_VERSION));
+    EXPECT_TRUE(g->set_flow_rule(Flow{kClient, kPort}, Rule::PassAll).ok());
+    InNetns in(*ns);
+    ASSERT_TRUE(g->detach().ok());
+}
+
+TEST_F(GateAttach, DetachRemovesFiltersAndPinsAndOnlyInItsNamespace) {
+    auto g = attach();
+    ASSERT_TRUE(g.ok()) << g.error().message;
+    auto wrong = g->detach();  // this thread is in the test's original namespace
+    ASSERT_FALSE(wrong.ok());
+    EXPECT_EQ(wrong.error().code, EXDEV);
+    {
+        InNetns in(*ns);
+        ASSERT_TRUE(g->detach().ok());
+    }
+    EXPECT_EQ(filters("egress").find("gate_egress"), std::string::npos);
+    EXPECT_EQ(filters("ingress").find("gate_ingress"), std::string::npos);
+    EXPECT_FALSE(pinned(GATE_MAP_CTL));
+    EXPECT_EQ(sh_out("tc -n " + ns->name() + " qdisc show dev vs").find("clsact"), std::string::npos);
+    EXPECT_EQ(g->set_role(Role::Active).error().code, ENOTCONN);
+    EXPECT_EQ(g->counters().error().code, ENOTCONN);
+    EXPECT_EQ(g->detach().error().code, ENOTCONN);
+    InNetns in(*ns);
+    EXPECT_TRUE(Gate::remove("vs", pins.path).ok());  // nothing left: not an error
+}
+
+TEST_F(GateAttach, RemoveCleansUpAfterACrashedDaemon) {
+    {
+        auto g = attach();
+        ASSERT_TRUE(g.ok()) << g.error().message;
+    }
+    {
+        InNetns in(*ns);
+        ASSERT_TRUE(Gate::remove("vs", pins.path).ok());
+    }
+    EXPECT_EQ(attached_prog_id(BPF_TC_EGRESS), 0u);
+    EXPECT_EQ(attached_prog_id(BPF_TC_INGRESS), 0u);
+    EXPECT_FALSE(pinned(GATE_MAP_CTL));
+}
+
+TEST_F(GateAttach, AttachErrorsAreClear) {
+    InNetns in(*ns);
+    auto none = Gate::attach("nosuchif0", kStream, pins.path);
+    ASSERT_FALSE(none.ok());
+    EXPECT_EQ(none.error().code, ENODEV) << none.error().message;
+    auto lo = Gate::attach("lo", kStream, pins.path);
+    ASSERT_FALSE(lo.ok());
+    EXPECT_EQ(lo.error().code, EPROTONOSUPPORT) << lo.error().message;
+    auto tmp = Gate::attach("vs", kStream, "/tmp/oneframe-not-bpffs");
+    ASSERT_FALSE(tmp.ok());
+    EXPECT_EQ(tmp.error().code, ENOTSUP) << tmp.error().message;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real traffic through one gate: server namespace -- veth -- client namespace.
+
+class GateNet : public ::testing::Test {
+protected:
+    void SetUp() override {
+        if (!have_netns_tools()) GTEST_SKIP() << "needs root, ip netns and tc";
+        srv.emplace(unique("srv"));
+        cli.emplace(unique("cli"));
+        ASSERT_TRUE(srv->ok() && cli->ok()) << "ip netns add failed";
+        ASSERT_EQ(sh(srv->ip("link add vs type veth peer name vc netns " + cli->name())), 0);
+        ASSERT_EQ(sh(cli->ip("link set vc address 02:0f:00:00:00:02")), 0);
+        ASSERT_EQ(sh(srv->ip("addr add 10.77.0.1/24 dev vs")), 0);
+        ASSERT_EQ(sh(srv->ip("addr add 10.77.0.9/24 dev vs")), 0);
+        ASSERT_EQ(sh(cli->ip("addr add 10.77.0.2/24 dev vc")), 0);
+        ASSERT_EQ(sh(srv->ip("link set vs up")), 0);
+        ASSERT_EQ(sh(cli->ip("link set vc up")), 0);
+        // The client's MAC is known: no ARP queue in front of the gate to lose packets in.
+        ASSERT_EQ(sh(srv->ip("neigh add 10.77.0.2 lladdr 02:0f:00:00:00:02 dev vs nud permanent")), 0);
+        {
+            InNetns in(*srv);
+            auto g = Gate::attach("vs", kStream, pins.path);
+            ASSERT_TRUE(g.ok()) << g.error().message;
+            gate.emplace(std::move(*g));
+        }
+        tx = udp_socket(*srv, kStream, kSrcPort);
+        marker = udp_socket(*srv, kAdmin, kSrcPort);
+        rx = udp_socket(*cli, kClient, kPort);
+        ASSERT_GE(tx, 0);
+        ASSERT_GE(marker, 0);
+        ASSERT_GE(rx, 0);
+    }
+    void TearDown() override {
+        for (int fd : {tx, marker, rx})
+            if (fd >= 0) close(fd);
+        if (gate && srv) {
+            InNetns in(*srv);
+            EXPECT_TRUE(gate->detach().ok());
+        }
+    }
+    // Sends seqs [first, first + n) from the stream IP, then a marker from the admin IP, and
+    // returns what the client got.
+    Inbox send_rtp(uint16_t first, int n) {
+        PinnedCpu pin;
+        for (int i = 0; i < n; ++i) EXPECT_TRUE(send_to(tx, kClient, kPort, rtp(uint16_t(first + i))));
+        return finish();
+    }
+    Inbox finish() {
+        EXPECT_TRUE(send_to(marker, kClient, kPort, Bytes{1}));
+        Inbox box;
+        EXPECT_TRUE(drain(rx, kStream, {kAdmin}, box)) << "end marker never arrived";
+        return box;
+    }
+    Counters counters() { return *gate->counters(); }
+    static uint64_t delta(const Counters& a, const Counters& b, gate_counter c) { return b[c] - a[c]; }
+
+    PinRoot pins;
+    std::optional<Netns> srv, cli;
+    std::optional<Gate> gate;
+    int tx = -1, marker = -1, rx = -1;
+    const Flow flow{kClient, kPort};
+};
+
+TEST_F(GateNet, StandbyDropsActivePassesExactly) {
+    auto c0 = counters();
+    Inbox none = send_rtp(0, 100);
+    EXPECT_EQ(none.total, 0);
+    auto c1 = counters();
+    EXPECT_EQ(delta(c0, c1, GATE_EG_DROP_STANDBY), 100u);
+    ASSERT_TRUE(gate->set_role(Role::Active).ok());
+    Inbox all = send_rtp(100, 100);
+    EXPECT_EQ(all.total, 100);
+    EXPECT_EQ(all.seqs.size(), 100u);
+    EXPECT_EQ(delta(c1, counters(), GATE_EG_PASS_ACTIVE), 100u);
+}
+
+TEST_F(GateNet, HandOverAtAnAgreedSequenceAcrossTheWrap) {
+    // The old server passes seq < S, the new one seq >= S; here one gate plays both in turn on
+    // the same 100 datagrams 65480..43, S = 65530: together they deliver each exactly once.
+    const uint16_t first = 65480, S = 65530;
+    ASSERT_TRUE(gate->set_flow_rule(flow, Rule::PassBefore, S).ok());
+    Inbox before = send_rtp(first, 100);
+    ASSERT_TRUE(gate->set_flow_rule(flow, Rule::PassFrom, S).ok());
+    Inbox from = send_rtp(first, 100);
+    EXPECT_EQ(before.total, 50);
+    EXPECT_EQ(from.total, 50);
+    EXPECT_EQ(before.seqs.begin()->first, first);
+    EXPECT_EQ(before.seqs.rbegin()->first, S - 1);
+    EXPECT_TRUE(from.seqs.count(S) && from.seqs.count(65535) && from.seqs.count(0) && from.seqs.count(43));
+    std::map<uint16_t, int> joined = before.seqs;
+    for (auto& [s, n] : from.seqs) joined[s] += n;
+    EXPECT_EQ(joined.size(), 100u);
+    for (auto& [s, n] : joined) EXPECT_EQ(n, 1) << "seq " << s;
+}
+
+TEST_F(GateNet, UdpGsoBatchesAreJudgedWholeOnTheRealPath) {
+    auto c0 = counters();
+    ASSERT_TRUE(gate->set_flow_rule(flow, Rule::PassFrom, 1008).ok());
+    Inbox box;
+    {
+        PinnedCpu pin;
+        ASSERT_TRUE(send_gso(tx, kClient, kPort, 1000, 8));  // 1000..1007: all before
+        ASSERT_TRUE(send_gso(tx, kClient, kPort, 1008, 8));  // 1008..1015: all after
+        box = finish();
+    }
+    EXPECT_EQ(box.total, 8);
+    EXPECT_EQ(box.seqs.begin()->first, 1008);
+    EXPECT_EQ(box.seqs.rbegin()->first, 1015);
+    auto c1 = counters();
+    EXPECT_EQ(delta(c0, c1, GATE_INFO_GSO), 2u) << "the gate did not see one skb per batch";
+    EXPECT_EQ(delta(c0, c1, GATE_EG_PASS_FLOW), 1u);
+    EXPECT_EQ(delta(c0, c1, GATE_EG_DROP_FLOW), 1u);
+    // A hand-over inside a batch: the batch is dropped and counted, never half passed.
+    ASSERT_TRUE(gate->set_flow_rule(flow, Rule::PassFrom, 1012).ok());
+    {
+        PinnedCpu pin;
+        ASSERT_TRUE(send_gso(tx, kClient, kPort, 1008, 8));
+        ASSERT_TRUE(send_gso(tx, kClient, kPort, 1016, 8));
+        box = finish();
+    }
+    EXPECT_EQ(box.total, 8);
+    EXPECT_EQ(box.seqs.begin()->first, 1016);
+    EXPECT_EQ(delta(c1, counters(), GATE_EG_DROP_GSO_SPLIT), 1u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pair: servers A and B share the stream IP and MAC on a bridge that floods like a hub; the
+// client C is on the same hub. Each server has its own gate.
+
+class GatePair : public ::testing::Test {
+protected:
+    void SetUp() override {
+        if (!have_netns_tools()) GTEST_SKIP() << "needs root, ip netns and tc";
+        hub.emplace(unique("hub"));
+        a.emplace(unique("a"));
+        b.emplace(unique("b"));
+        c.emplace(unique("c"));
+        ASSERT_TRUE(hub->ok() && a->ok() && b->ok() && c->ok()) << "ip netns add failed";
+        ASSERT_EQ(sh(hub->ip("link add br0 type bridge ageing_time 0 stp_state 0 mcast_snooping 0")), 0);
+        struct Port {
+            Netns* ns;
+            const char* dev;
+            const char* mac;
+            std::vector<std::string> addrs;
+        } ports[] = {{&*a, "ea", "02:0f:00:00:00:01", {"10.77.1.1/24", "10.77.1.11/24"}},
+                     {&*b, "eb", "02:0f:00:00:00:01", {"10.77.1.1/24", "10.77.1.12/24"}},
+                     {&*c, "ec", "02:0f:00:00:00:02", {"10.77.1.2/24"}}};
+        for (auto& p : ports) {
+            std::string h = std::string("h") + p.dev;
+            ASSERT_EQ(sh(p.ns->ip(std::string("link add ") + p.dev + " type veth peer name " + h + " netns " +
+                                  hub->name())), 0);
+            ASSERT_EQ(sh(p.ns->ip(std::string("link set ") + p.dev + " address " + p.mac)), 0);
+            for (auto& addr : p.addrs) ASSERT_EQ(sh(p.ns->ip("addr add " + addr + " dev " + p.dev)), 0);
+            ASSERT_EQ(sh(hub->ip("link set " + h + " master br0")), 0);
+            ASSERT_EQ(sh("bridge -n " + hub->name() + " link set dev " + h + " learning off flood on"), 0);
+            ASSERT_EQ(sh(hub->ip("link set " + h + " up")), 0);
+            ASSERT_EQ(sh(p.ns->ip(std::string("link set ") + p.dev + " up")), 0);
+        }
+        ASSERT_EQ(sh(hub->ip("link set br0 up")), 0);
+        for (auto* s : {&*a, &*b})
+            ASSERT_EQ(sh(s->ip(std::string("neigh add 10.77.1.2 lladdr 02:0f:00:00:00:02 dev ") +
+                               (s == &*a ? "ea" : "eb") + " nud permanent")), 0);
+        for (auto [ns, dev, slot] : {std::tuple{&*a, "ea", &ga}, std::tuple{&*b, "eb", &gb}}) {
+            InNetns in(*ns);
+            auto g = Gate::attach(dev, kStreamP, pins.path);
+            ASSERT_TRUE(g.ok()) << g.error().message;
+            slot->emplace(std::move(*g));
+        }
+        txa = udp_socket(*a, kStreamP, kSrcPort);
+        txb = udp_socket(*b, kStreamP, kSrcPort);
+        mka = udp_socket(*a, kAdminA, kSrcPort);
+        mkb = udp_socket(*b, kAdminB, kSrcPort);
+        rx = udp_socket(*c, kClientP, kPort);
+        for (int fd : {txa, txb, mka, mkb, rx}) ASSERT_GE(fd, 0);
+    }
+    void TearDown() override {
+        for (int fd : {txa, txb, mka, mkb, rx})
+            if (fd >= 0) close(fd);
+        if (ga) {
+            InNetns in(*a);
+            EXPECT_TRUE(ga->detach().ok());
+        }
+        if (gb) {
+            InNetns in(*b);
+            EXPECT_TRUE(gb->detach().ok());
+        }
+    }
+    Inbox finish() {
+        EXPECT_TRUE(send_to(mka, kClientP, kPort, Bytes{1}));
+        EXPECT_TRUE(send_to(mkb, kClientP, kPort, Bytes{1}));
+        Inbox box;
+        EXPECT_TRUE(drain(rx, kStreamP, {kAdminA, kAdminB}, box)) << "end markers never arrived";
+        return box;
+    }
+    // Waits until `g`'s ingress has recorded `packets` partner datagrams of the flow.
+    bool seen_reaches(Gate& g, uint64_t packets) {
+        return wait_until([&] {
+            auto s = g.seen(flow);
+            return s.ok() && s->packets >= packets;
+        });
+    }
+
+    const in_addr kStreamP = ip4("10.77.1.1"), kAdminA = ip4("10.77.1.11"), kAdminB = ip4("10.77.1.12"),
+                  kClientP = ip4("10.77.1.2");
+    const Flow flow{kClientP, kPort};
+    PinRoot pins;
+    std::optional<Netns> hub, a, b, c;
+    std::optional<Gate> ga, gb;
+    int txa = -1, txb = -1, mka = -1, mkb = -1, rx = -1;
+};
+
+TEST_F(GatePair, PlannedHandOverAtAnAgreedSeqLosesAndDuplicatesNothing) {
+    // A is active and hands the flow to B at S; B's sender runs 7 datagrams ahead of A's, the
+    // kind of skew that makes a timed switch lose or duplicate packets.
+    const uint16_t first = 65400, S = 65530;
+    const int n = 300, skew = 7;
+    ASSERT_TRUE(ga->set_role(Role::Active).ok());
+    ASSERT_TRUE(ga->set_fence(true).ok());
+    ASSERT_TRUE(gb->set_fence(true).ok());
+    ASSERT_TRUE(ga->set_flow_rule(flow, Rule::PassBefore, S).ok());
+    ASSERT_TRUE(gb->set_flow_rule(flow, Rule::PassFrom, S).ok());
+    Inbox box;
+    {
+        PinnedCpu pin;
+        for (int i = 0; i < n + skew; ++i) {
+            if (i < n) {
+                ASSERT_TRUE(send_to(txb, kClientP, kPort, rtp(uint16_t(first + i))));
+            }
+            if (i >= skew) {
+                ASSERT_TRUE(send_to(txa, kClientP, kPort, rtp(uint16_t(first + i - skew))));
+            }
+        }
+        box = finish();
+    }
+    const int from_a = uint16_t(S - first);  // 130
+    EXPECT_EQ(box.total, n);
+    EXPECT_EQ(box.seqs.size(), size_t(n));
+    EXPECT_EQ(box.duplicates(), 0);
+    for (int i = 0; i < n; ++i) EXPECT_EQ(box.seqs.count(uint16_t(first + i)), 1u) << "missing " << first + i;
+    EXPECT_EQ((*ga->counters())[GATE_EG_PASS_FLOW], uint64_t(from_a));
+    EXPECT_EQ((*gb->counters())[GATE_EG_PASS_FLOW], uint64_t(n - from_a));
+    // Each side's ingress saw exactly what the other put on the wire.
+    ASSERT_TRUE(seen_reaches(*gb, from_a));
+    auto sb = gb->seen(flow);
+    EXPECT_EQ(sb->packets, uint64_t(from_a));
+    EXPECT_EQ(sb->high_seq, uint16_t(S - 1));
+    ASSERT_TRUE(seen_reaches(*ga, n - from_a));
+    EXPECT_EQ(ga->seen(flow)->high_seq, uint16_t(first + n - 1));
+    // Both sides ruled the flow, so neither took the other's frames for a takeover.
+    EXPECT_EQ(*ga->partner_tx_ns(), 0);
+    EXPECT_FALSE(*ga->fence_tripped());
+    EXPECT_EQ((*ga->counters())[GATE_INFO_PARTNER_RULED], uint64_t(n - from_a));
+}
+
+TEST_F(GatePair, TakeoverResumesFromWhatThePrimaryPutOnTheWireAndFencesIt) {
+    ASSERT_TRUE(ga->set_role(Role::Active).ok());
+    ASSERT_TRUE(ga->set_fence(true).ok());
+    ASSERT_TRUE(gb->set_fence(true).ok());
+    Inbox box;
+    {
+        PinnedCpu pin;
+        // Lockstep, B 20 ahead: A puts 0..99 on the wire and hangs; B has sent (into its gate)
+        // up to 119.
+        for (int i = 0; i < 120; ++i) {
+            ASSERT_TRUE(send_to(txb, kClientP, kPort, rtp(uint16_t(i))));
+            if (i < 100) {
+                ASSERT_TRUE(send_to(txa, kClientP, kPort, rtp(uint16_t(i))));
+            }
+        }
+        // B detects the failure, reads where A stopped, becomes active and its sender resumes
+        // exactly at the first datagram A did not send.
+        ASSERT_TRUE(seen_reaches(*gb, 100));
+        auto s = gb->seen(flow);
+        ASSERT_TRUE(s.ok() && s->rtp);
+        EXPECT_EQ(s->high_seq, 99);
+        ASSERT_TRUE(gb->set_role(Role::Active).ok());
+        const uint16_t resume = uint16_t(s->high_seq + 1);
+        for (int i = 0; i < 100; ++i) ASSERT_TRUE(send_to(txb, kClientP, kPort, rtp(uint16_t(resume + i))));
+        // A wakes from its hang and sends its backlog: B's frames reached A's ingress after A
+        // became active, so A's fence holds it silent.
+        ASSERT_TRUE(wait_until([&] { return *ga->partner_tx_ns() > 0; }));
+        EXPECT_TRUE(*ga->fence_tripped());
+        for (int i = 100; i < 150; ++i) ASSERT_TRUE(send_to(txa, kClientP, kPort, rtp(uint16_t(i))));
+        box = finish();
+    }
+    EXPECT_EQ(box.total, 200);
+    EXPECT_EQ(box.duplicates(), 0);
+    for (int i = 0; i < 200; ++i) EXPECT_EQ(box.seqs.count(uint16_t(i)), 1u) << "missing " << i;
+    auto na = *ga->counters(), nb = *gb->counters();
+    EXPECT_EQ(na[GATE_EG_PASS_ACTIVE], 100u);
+    EXPECT_EQ(na[GATE_EG_DROP_FENCE], 50u);
+    EXPECT_EQ(nb[GATE_EG_DROP_STANDBY], 120u);
+    EXPECT_EQ(nb[GATE_EG_PASS_ACTIVE], 100u);
+    EXPECT_EQ(nb[GATE_EG_DROP_FENCE], 0u);
+    EXPECT_FALSE(*gb->fence_tripped());
+}
+
+TEST_F(GatePair, AnExpiredLeaseSilencesAPrimaryThatNobodyFenced) {
+    // No fence, no partner traffic: only the lease stops a primary whose daemon stopped renewing.
+    ASSERT_TRUE(ga->set_role(Role::Active).ok());
+    ASSERT_TRUE(ga->renew_lease(10s).ok());
+    Inbox box;
+    {
+        PinnedCpu pin;
+        for (int i = 0; i < 50; ++i) ASSERT_TRUE(send_to(txa, kClientP, kPort, rtp(uint16_t(i))));
+        ASSERT_TRUE(ga->set_lease_expiry(of::monotonic_ns()).ok());  // the renewals stopped
+        for (int i = 50; i < 100; ++i) ASSERT_TRUE(send_to(txa, kClientP, kPort, rtp(uint16_t(i))));
+        box = finish();
+    }
+    EXPECT_EQ(box.total, 50);
+    EXPECT_EQ(box.seqs.rbegin()->first, 49);
+    EXPECT_EQ((*ga->counters())[GATE_EG_DROP_LEASE], 50u);
 }
 
 }  // namespace

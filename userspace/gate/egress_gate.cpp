@@ -290,7 +290,7 @@ struct Gate::Impl {
         return c;
     }
     static Result<std::unique_ptr<Impl>> load(in_addr stream_ip, const std::string& pin_dir,
-                                              bool replace_incompatible);
+                                              bool replace_incompatible, const LibbpfCapture& capture);
     template <class F>
     Status update_ctl(F&& change) {
         if (auto s = live(); !s) return s;
@@ -311,9 +311,8 @@ struct Gate::Impl {
 
 // Opens and loads the skeleton; with a pin_dir, maps are reused from or pinned to it.
 Result<std::unique_ptr<Gate::Impl>> Gate::Impl::load(in_addr stream_ip, const std::string& pin_dir,
-                                                     bool replace_incompatible) {
+                                                     bool replace_incompatible, const LibbpfCapture& capture) {
     auto impl = std::make_unique<Impl>();
-    LibbpfCapture capture;
     impl->skel = gate_bpf__open();
     if (!impl->skel) return capture.error("open gate BPF object", errno);
     impl->skel->rodata->stream_ip = stream_ip.s_addr;
@@ -368,7 +367,8 @@ Gate::~Gate() = default;
 
 Result<Gate> Gate::load(in_addr stream_ip) {
     if (auto s = validate_stream_ip(stream_ip); !s) return s.error();
-    auto impl = Impl::load(stream_ip, "", false);
+    LibbpfCapture capture;
+    auto impl = Impl::load(stream_ip, "", false, capture);
     if (!impl) return impl.error();
     return Gate(std::move(*impl));
 }
@@ -389,7 +389,8 @@ Result<Gate> Gate::attach(const std::string& ifname, in_addr stream_ip, const st
     auto lock = lock_pin_dir(dir);
     if (!lock) return lock.error();
 
-    auto loaded = Impl::load(stream_ip, dir, options.replace_incompatible_pins);
+    LibbpfCapture capture;
+    auto loaded = Impl::load(stream_ip, dir, options.replace_incompatible_pins, capture);
     if (!loaded) return loaded.error();
     std::unique_ptr<Impl> impl = std::move(*loaded);
     impl->pin_dir = dir;
@@ -399,7 +400,7 @@ Result<Gate> Gate::attach(const std::string& ifname, in_addr stream_ip, const st
 
     bpf_tc_hook hook = make_hook(ifindex, BPF_TC_INGRESS);
     int rc = bpf_tc_hook_create(&hook);
-    if (rc < 0 && rc != -EEXIST) return errno_error("create clsact qdisc on " + ifname, -rc);
+    if (rc < 0 && rc != -EEXIST) return capture.error("create clsact qdisc on " + ifname, -rc);
     impl->created_qdisc = rc == 0;
 
     // Ingress first: the partner's frames are recorded before our egress decides on the fence.
@@ -414,7 +415,7 @@ Result<Gate> Gate::attach(const std::string& ifname, in_addr stream_ip, const st
         bpf_tc_hook h = make_hook(ifindex, p.point);
         bpf_tc_opts o = make_tc_opts(p.fd, BPF_TC_F_REPLACE);
         if (int r = bpf_tc_attach(&h, &o); r < 0) {
-            Error e = errno_error(std::string("attach ") + p.name + " to " + ifname, -r);
+            Error e = capture.error(std::string("attach ") + p.name + " to " + ifname, -r);
             // Undo only what this call created; a filter we replaced cannot be restored.
             if (impl->created_qdisc) {
                 bpf_tc_hook both = make_hook(ifindex, bpf_tc_attach_point(BPF_TC_INGRESS | BPF_TC_EGRESS));
@@ -437,6 +438,7 @@ Status Gate::remove(const std::string& ifname, const std::string& pin_root) {
         lock = std::move(*l);
     }
     if (int ifindex = int(if_nametoindex(ifname.c_str())); ifindex != 0) {
+        LibbpfCapture capture;
         if (auto s = detach_filters(ifindex); !s) return s;
     } else if (errno != ENODEV && errno != ENXIO) {
         return errno_error("interface " + ifname);
@@ -455,6 +457,7 @@ Status Gate::detach() {
         if (!ns) return ns.error();
         if (!(*ns == impl_->netns))
             return make_error(EXDEV, "detach() must run in the network namespace of attach()");
+        LibbpfCapture capture;  // keeps libbpf's netlink chatter off stderr
         if (auto s = detach_filters(impl_->ifindex); !s) return s;
         if (impl_->created_qdisc) {
             bpf_tc_hook both = make_hook(impl_->ifindex, bpf_tc_attach_point(BPF_TC_INGRESS | BPF_TC_EGRESS));
