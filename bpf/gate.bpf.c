@@ -35,6 +35,14 @@
 #define READ_ONCE(x) (*(volatile typeof(x) *)&(x))
 #define WRITE_ONCE(x, v) (*(volatile typeof(x) *)&(x) = (v))
 
+/* The layouts docs/gate-protocol.md publishes (userspace checks the same). */
+_Static_assert(sizeof(struct gate_ctl) == 48, "gate_ctl layout");
+_Static_assert(sizeof(struct gate_partner) == 16, "gate_partner layout");
+_Static_assert(sizeof(struct gate_flow_key) == 8, "gate_flow_key layout");
+_Static_assert(sizeof(struct gate_flow_rule) == 8, "gate_flow_rule layout");
+_Static_assert(sizeof(struct gate_seen) == 32, "gate_seen layout");
+_Static_assert(GATE_COUNTER__COUNT <= GATE_COUNTER_SLOTS, "counter slots");
+
 /* The stream IPv4 address, network byte order; set through skel->rodata before load. */
 const volatile __u32 stream_ip = 0;
 
@@ -145,6 +153,9 @@ static __always_inline void classify(struct __sk_buff *skb, struct frame *f)
 		proto = ((__u16)tag[2] << 8) | tag[3];
 		off += 4;
 	}
+	/* A third tag would hide what the frame is: fail closed. */
+	if (proto == ETH_P_8021Q || proto == ETH_P_8021AD)
+		goto malformed;
 
 	if (proto == ETH_P_ARP) {
 		struct arp_fixed a;

@@ -14,7 +14,9 @@
 #include <sys/statfs.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdarg>
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <mutex>
@@ -25,6 +27,15 @@
 
 namespace of::gate {
 namespace {
+
+// The layouts docs/gate-protocol.md publishes; a change here is an ABI change.
+static_assert(sizeof(gate_ctl) == 48 && offsetof(gate_ctl, role) == 8 && offsetof(gate_ctl, lease_expiry_ns) == 16 &&
+              offsetof(gate_ctl, generation) == 40);
+static_assert(sizeof(gate_partner) == 16);
+static_assert(sizeof(gate_flow_key) == 8 && offsetof(gate_flow_key, dport) == 4);
+static_assert(sizeof(gate_flow_rule) == 8 && offsetof(gate_flow_rule, seq) == 4);
+static_assert(sizeof(gate_seen) == 32 && offsetof(gate_seen, packets) == 8 && offsetof(gate_seen, last_ns) == 24);
+static_assert(GATE_COUNTER__COUNT <= GATE_COUNTER_SLOTS);
 
 constexpr const char* kMapNames[] = {GATE_MAP_CTL, GATE_MAP_PARTNER, GATE_MAP_FLOWS, GATE_MAP_SEEN,
                                      GATE_MAP_COUNTERS};
@@ -269,7 +280,7 @@ struct Gate::Impl {
     int ifindex = 0;
     NetnsId netns;
     bool created_qdisc = false;
-    bool detached = false;
+    std::atomic<bool> detached{false};
     Fd dir_lock;
     std::mutex ctl_mu;
     int ncpus = 0;
