@@ -683,6 +683,11 @@ TEST_F(GateProg, CountersHaveStableUniqueNames) {
     }
     EXPECT_EQ(names.size(), size_t(GATE_COUNTER__COUNT));
     EXPECT_EQ(of::gate::counter_name(GATE_EG_DROP_FENCE), "eg_drop_fence");
+    EXPECT_EQ(egress(rtp_frame(1)), kShot);
+    auto named = counters().named();
+    ASSERT_EQ(named.size(), size_t(GATE_COUNTER__COUNT));
+    EXPECT_EQ(named[GATE_EG_DROP_STANDBY].first, "eg_drop_standby");
+    EXPECT_EQ(named[GATE_EG_DROP_STANDBY].second, 1u);
     EXPECT_LE(GATE_COUNTER__COUNT, GATE_COUNTER_SLOTS);
 }
 

@@ -674,6 +674,13 @@ uint64_t Counters::egress_total() const {
 
 uint64_t Counters::ingress_total() const { return value[GATE_IN_PARTNER] + value[GATE_IN_PASS]; }
 
+std::vector<std::pair<std::string_view, uint64_t>> Counters::named() const {
+    std::vector<std::pair<std::string_view, uint64_t>> out;
+    out.reserve(value.size());
+    for (size_t i = 0; i < value.size(); ++i) out.emplace_back(counter_name(gate_counter(i)), value[i]);
+    return out;
+}
+
 std::string_view counter_name(gate_counter c) {
     switch (c) {
         case GATE_EG_PASS_UNGATED: return "eg_pass_ungated";

@@ -19,6 +19,8 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "common/result.h"
 #include "gate.h"  // bpf/gate.h: the shared contract
@@ -78,6 +80,8 @@ struct Counters {
     uint64_t operator[](gate_counter c) const { return value[c]; }
     uint64_t egress_total() const;   // every packet gate_egress saw (one outcome each)
     uint64_t ingress_total() const;  // every frame gate_ingress saw
+    // (name, value) in index order, names as counter_name(): for D-Bus, foctl, logs.
+    std::vector<std::pair<std::string_view, uint64_t>> named() const;
 };
 
 // Stable name of a counter, as in docs/gate-protocol.md ("eg_pass_active", ...); "" if unknown.
