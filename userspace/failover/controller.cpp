@@ -489,6 +489,12 @@ Result<std::unique_ptr<Controller>> Controller::create(ControllerOptions options
         }
     }
     impl->st.partner_configured = impl->partner_configured();
+    // A re-attached gate keeps its last role: make it say what the state says, no more.
+    if (gate) {
+        if (auto s = gate->set_role(transmits(impl->state) ? gate::Role::Active : gate::Role::Standby); !s)
+            return make_error(s.error().code, "egress gate: " + s.error().message);
+        if (!transmits(impl->state)) (void)gate->clear_flow_rules();
+    }
     Impl* raw = impl.get();
     if (backend) {
         // The backend may change the state on its own (a critical process died): follow it.
