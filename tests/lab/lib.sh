@@ -30,7 +30,7 @@ lab_init() {  # lab_init NAME [lab up options...]
 lab_cleanup() {
   local rc=$?
   if [ $rc -ne 0 ] && [ -d "$WORK" ]; then
-    for log in /run/oneframe-lab/*/oneframed.log; do
+    for log in /run/oneframe-lab-"$OF_LAB_NAME"/*/oneframed.log; do
       [ -f "$log" ] && { say "--- $log (last 30 lines)"; tail -30 "$log"; }
     done
   fi
@@ -74,13 +74,14 @@ EOC
 lab_start_daemon() {  # (re)starts oneframed in NODE with its existing config
   local node=$1 dir=$WORK/$1
   "$LAB" spawn "$node" oneframed -- "$ONEFRAMED" --config "$dir/oneframed.conf" >/dev/null
-  local i
+  local i pidfile=/run/oneframe-lab-$OF_LAB_NAME/$node/oneframed.pid
   for i in $(seq 1 200); do
     foctl_on "$node" status >/dev/null 2>&1 && return 0
+    kill -0 "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null || break  # it exited: say why now
     sleep 0.1  # poll the bus, bounded by the loop
   done
   "$LAB" logs "$node" oneframed | tail -20
-  fail "oneframed in $node did not answer on its bus within 20 s"
+  fail "oneframed in $node did not come up"
 }
 
 # verify_on CLIENT ARGS...: fo-verify in a client namespace; JSON on stdout.
