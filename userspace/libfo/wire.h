@@ -1,0 +1,45 @@
+// The request/reply format between the userspace backend and the holder (a unix SEQPACKET
+// socket, one request or reply per packet). Requests reuse the uapi structs of the ioctls, so
+// that both backends validate the same fields the same way.
+#pragma once
+
+#include "common/result.h"
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include <uapi/linux/failover.h>
+
+namespace of::fo::wire {
+
+inline constexpr uint32_t kMagic = 0x4f464f31;  // "OFO1"
+
+enum class Op : uint32_t { GetStatus = 1, SetState = 2, Register = 3, Unregister = 4, SetMessage = 5 };
+
+struct Header {
+    uint32_t magic;
+    uint32_t op;
+};
+
+struct Reply {
+    uint32_t magic;
+    int32_t err;  // 0 or a positive errno
+    fo_status status;
+};
+
+struct Request {
+    Op op{};
+    fo_transition transition{};
+    fo_registration registration{};
+    fo_message message{};
+};
+
+// The largest request: anything longer is refused.
+inline constexpr size_t kMaxRequest = sizeof(Header) + sizeof(fo_message);
+
+// Parses one packet: magic, a known op, and exactly the size of that op's body. Field values
+// are checked later by whoever acts on them (as the module checks ioctl arguments).
+of::Result<Request> parse_request(std::span<const uint8_t> pkt);
+
+}  // namespace of::fo::wire
