@@ -9,10 +9,17 @@
  * to FOSTATE_FAILED and the kernel sends the prebuilt failover message to the partner, so the
  * partner learns of it even when no process of this server is left to tell it.
  *
+ * A critical death is seen at the earliest of two points: the start of the teardown of the
+ * process's address space (an mmu_notifier release, called before exit_mmap unmaps anything,
+ * so a large daemon's teardown does not delay the failover) and the close of its descriptor
+ * (flush, which also covers close() without unregister and the rare process whose address
+ * space outlives it).
+ *
  * Locking: fo_lock guards the state, the registrations and the notifications, so that
- * signals go out in the order of the changes. fo_msg_lock guards the prebuilt message and
- * its socket; the send runs from a high-priority workqueue (process context, its own stack),
- * not from the dying process's exit path.
+ * signals go out in the order of the changes. fo_msg_lock (taken inside fo_lock) guards the
+ * prebuilt message and its socket. The message is sent from the context that sees the death
+ * (process context: the dying task's exit_mmap or close, no locks of the mm held); a send that
+ * fails there is retried once from a high-priority workqueue.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -21,6 +28,7 @@
 #include <linux/in.h>
 #include <linux/list.h>
 #include <linux/miscdevice.h>
+#include <linux/mmu_notifier.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/net.h>
@@ -42,6 +50,7 @@
 struct fo_client {
 	struct list_head node;		/* on fo_clients while registered */
 	struct pid *owner;		/* thread group that registered, NULL if none */
+	struct mmu_notifier *mn;	/* on the owner's mm while registered critical */
 	u32 flags;			/* FO_REG_* */
 	int signo;
 };
@@ -69,22 +78,32 @@ static u64 fo_msg_errors;
 
 static struct workqueue_struct *fo_wq;
 
-static void fo_send_workfn(struct work_struct *work)
+/*
+ * Sends the armed message; on success it is disarmed: sent once, so that an old message is
+ * never replayed after a recovery. Non-blocking, kernel memory only, no use of current->mm:
+ * safe from the teardown of a dying process.
+ */
+static int fo_msg_send_locked(void)
 {
-	struct kvec iov;
 	struct msghdr mh = { .msg_flags = MSG_DONTWAIT | MSG_NOSIGNAL };
+	struct kvec iov = { .iov_base = fo_msg_payload, .iov_len = fo_msg_len };
 	int ret;
 
+	lockdep_assert_held(&fo_msg_lock);
+	ret = kernel_sendmsg(fo_msg_sock, &mh, &iov, 1, fo_msg_len);
+	if (ret != fo_msg_len)
+		return ret < 0 ? ret : -EIO;
+	fo_msg_sent++;
+	fo_msg_armed = false;
+	return 0;
+}
+
+/* The one retry of a send that failed in the dying process's context. */
+static void fo_send_workfn(struct work_struct *work)
+{
 	mutex_lock(&fo_msg_lock);
-	if (fo_msg_pending && fo_msg_armed && fo_msg_sock) {
-		iov.iov_base = fo_msg_payload;
-		iov.iov_len = fo_msg_len;
-		ret = kernel_sendmsg(fo_msg_sock, &mh, &iov, 1, fo_msg_len);
-		if (ret == fo_msg_len)
-			fo_msg_sent++;
-		else
-			fo_msg_errors++;
-		/* sent once: a replayed message must not go out again after a recovery */
+	if (fo_msg_pending && fo_msg_armed && fo_msg_sock && fo_msg_send_locked()) {
+		fo_msg_errors++;
 		fo_msg_armed = false;
 	}
 	fo_msg_pending = false;
@@ -132,6 +151,10 @@ static void fo_unregister_locked(struct fo_client *c)
 	lockdep_assert_held(&fo_lock);
 	if (!c->owner)
 		return;
+	/* allowed from the notifier's own release callback (mm/mmu_notifier.c) */
+	if (c->mn)
+		mmu_notifier_put(c->mn);
+	c->mn = NULL;
 	list_del_init(&c->node);
 	fo_nr_registered--;
 	if (c->flags & FO_REG_CRITICAL)
@@ -151,15 +174,50 @@ static void fo_critical_death_locked(struct fo_client *c)
 		return;
 	if (WARN_ON_ONCE(!fo_fsm_find(fo_type, fo_state, fo_type, FOSTATE_FAILED)))
 		return;
-	/* the message first: it is what the partner waits for */
+	/*
+	 * The message first, at once: it is what the partner waits for, and a hop through a
+	 * worker can wait for the dying process's teardown (no preemption point on one CPU).
+	 * A failed send (no buffer in a dying task) is retried from the workqueue.
+	 */
 	mutex_lock(&fo_msg_lock);
-	if (fo_msg_armed) {
+	if (fo_msg_armed && fo_msg_sock && fo_msg_send_locked()) {
 		fo_msg_pending = true;
 		queue_work(fo_wq, &fo_send_work);
 	}
 	mutex_unlock(&fo_msg_lock);
 	fo_change_locked(fo_type, FOSTATE_FAILED, FO_CAUSE_CRITICAL);
 }
+
+static struct mmu_notifier *fo_mn_alloc(struct mm_struct *mm)
+{
+	struct mmu_notifier *mn = kzalloc(sizeof(*mn), GFP_KERNEL);
+
+	return mn ? mn : ERR_PTR(-ENOMEM);
+}
+
+static void fo_mn_free(struct mmu_notifier *mn)
+{
+	kfree(mn);
+}
+
+/* The address space of a registered process is being torn down: the process is gone. */
+static void fo_mn_release(struct mmu_notifier *mn, struct mm_struct *mm)
+{
+	struct fo_client *c, *tmp;
+
+	mutex_lock(&fo_lock);
+	list_for_each_entry_safe(c, tmp, &fo_clients, node) {
+		if (c->mn == mn && (c->flags & FO_REG_CRITICAL))
+			fo_critical_death_locked(c);
+	}
+	mutex_unlock(&fo_lock);
+}
+
+static const struct mmu_notifier_ops fo_mn_ops = {
+	.release = fo_mn_release,
+	.alloc_notifier = fo_mn_alloc,
+	.free_notifier = fo_mn_free,
+};
 
 static int fo_open(struct inode *inode, struct file *file)
 {
@@ -266,6 +324,7 @@ static int fo_register(struct fo_client *c, void __user *argp)
 {
 	struct fo_registration r;
 	struct pid *me = task_tgid(current);
+	struct mmu_notifier *mn = NULL;
 	int signo;
 	int ret = 0;
 
@@ -285,6 +344,15 @@ static int fo_register(struct fo_client *c, void __user *argp)
 		signo = 0;
 	}
 
+	if ((r.flags & FO_REG_CRITICAL) && !current->mm)
+		return -EINVAL;
+	/* taken before fo_lock: it needs the mmap lock */
+	if (r.flags & FO_REG_CRITICAL) {
+		mn = mmu_notifier_get(&fo_mn_ops, current->mm);
+		if (IS_ERR(mn))
+			return PTR_ERR(mn);
+	}
+
 	mutex_lock(&fo_lock);
 	if (c->owner && c->owner != me) {
 		ret = -EBUSY;
@@ -302,8 +370,11 @@ static int fo_register(struct fo_client *c, void __user *argp)
 			fo_nr_critical++;
 		c->flags = r.flags;
 		c->signo = signo;
+		swap(c->mn, mn);	/* the old one, if any, is put below */
 	}
 	mutex_unlock(&fo_lock);
+	if (mn)
+		mmu_notifier_put(mn);
 	return ret;
 }
 
@@ -540,6 +611,7 @@ static void __exit fo_exit(void)
 {
 	misc_deregister(&fo_misc);
 	cancel_work_sync(&fo_send_work);
+	mmu_notifier_synchronize();
 	destroy_workqueue(fo_wq);
 	fo_msg_replace(NULL, NULL, NULL);
 }

@@ -26,36 +26,6 @@ extern "C" {
 
 namespace of::fo {
 
-namespace wire {
-
-of::Result<Request> parse_request(std::span<const uint8_t> pkt) {
-    Header h{};
-    if (pkt.size() < sizeof(h)) return make_error(EINVAL, "request shorter than its header");
-    std::memcpy(&h, pkt.data(), sizeof(h));
-    if (h.magic != kMagic) return make_error(EINVAL, "request: bad magic");
-    Request r;
-    auto body = pkt.subspan(sizeof(h));
-    auto take = [&](void* dst, size_t n) -> of::Status {
-        if (body.size() != n) return make_error(EINVAL, "request: body size does not match its op");
-        if (n) std::memcpy(dst, body.data(), n);
-        return {};
-    };
-    of::Status st;
-    switch (Op(h.op)) {
-    case Op::GetStatus: st = take(nullptr, 0); break;
-    case Op::SetState: st = take(&r.transition, sizeof(r.transition)); break;
-    case Op::Register: st = take(&r.registration, sizeof(r.registration)); break;
-    case Op::Unregister: st = take(nullptr, 0); break;
-    case Op::SetMessage: st = take(&r.message, sizeof(r.message)); break;
-    default: return make_error(EINVAL, "request: unknown op " + std::to_string(h.op));
-    }
-    if (!st) return st.error();
-    r.op = Op(h.op);
-    return r;
-}
-
-}  // namespace wire
-
 namespace {
 
 enum : uint64_t { kListener = 0, kConn = 1, kPidfd = 2 };

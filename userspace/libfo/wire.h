@@ -7,7 +7,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <span>
+#include <string>
 
 #include <uapi/linux/failover.h>
 
@@ -40,6 +42,32 @@ inline constexpr size_t kMaxRequest = sizeof(Header) + sizeof(fo_message);
 
 // Parses one packet: magic, a known op, and exactly the size of that op's body. Field values
 // are checked later by whoever acts on them (as the module checks ioctl arguments).
-of::Result<Request> parse_request(std::span<const uint8_t> pkt);
+// Header-only so that the fuzz flavour (which does not build libfo) can fuzz it.
+inline of::Result<Request> parse_request(std::span<const uint8_t> pkt) {
+    Header h{};
+    if (pkt.size() < sizeof(h)) return make_error(EINVAL, "request shorter than its header");
+    std::memcpy(&h, pkt.data(), sizeof(h));
+    if (h.magic != kMagic) return make_error(EINVAL, "request: bad magic");
+    Request r;
+    auto body = pkt.subspan(sizeof(h));
+    auto take = [&](void* dst, size_t n) -> of::Status {
+        if (body.size() != n) return make_error(EINVAL, "request: body size does not match its op");
+        if (n) std::memcpy(dst, body.data(), n);
+        return {};
+    };
+    of::Status st;
+    switch (Op(h.op)) {
+    case Op::GetStatus: st = take(nullptr, 0); break;
+    case Op::SetState: st = take(&r.transition, sizeof(r.transition)); break;
+    case Op::Register: st = take(&r.registration, sizeof(r.registration)); break;
+    case Op::Unregister: st = take(nullptr, 0); break;
+    case Op::SetMessage: st = take(&r.message, sizeof(r.message)); break;
+    default: return make_error(EINVAL, "request: unknown op " + std::to_string(h.op));
+    }
+    if (!st) return st.error();
+    r.op = Op(h.op);
+    return r;
+}
+
 
 }  // namespace of::fo::wire
