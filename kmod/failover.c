@@ -302,8 +302,9 @@ static int fo_set_state(void __user *argp)
 		return -EINVAL;
 	if (!fo_fsm_state_name(t.type, t.state))
 		return -EINVAL;
-	if ((t.flags & FO_TRANSITION_EXPECT) &&
-	    !fo_fsm_state_name(t.expect_type, t.expect_state))
+	if ((t.flags & FO_TRANSITION_EXPECT) ?
+	    !fo_fsm_state_name(t.expect_type, t.expect_state) :
+	    (t.expect_type || t.expect_state))
 		return -EINVAL;
 
 	mutex_lock(&fo_lock);

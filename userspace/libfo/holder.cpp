@@ -276,7 +276,8 @@ int Holder::handle(Conn& c, uint64_t id, const uint8_t* pkt, size_t len, pid_t s
         if ((t.flags & ~FO_TRANSITION_EXPECT) || t.reserved) return EINVAL;
         if (!fo_fsm_state_name(t.type, t.state)) return EINVAL;
         bool expect = t.flags & FO_TRANSITION_EXPECT;
-        if (expect && !fo_fsm_state_name(t.expect_type, t.expect_state)) return EINVAL;
+        if (expect ? !fo_fsm_state_name(t.expect_type, t.expect_state) : (t.expect_type || t.expect_state))
+            return EINVAL;
         if (expect && (t.expect_type != type_ || t.expect_state != state_)) return ESTALE;
         if (t.type == type_ && t.state == state_) return 0;
         if (!fo_fsm_find(type_, state_, t.type, t.state)) return EPROTO;

@@ -114,7 +114,7 @@ struct fo_status {
 
 struct fo_transition {
 	__u32 flags;		/* FO_TRANSITION_* */
-	__u8 expect_type;
+	__u8 expect_type;	/* with FO_TRANSITION_EXPECT, else zero */
 	__u8 expect_state;
 	__u8 type;		/* the new type */
 	__u8 state;		/* the new state */
