@@ -165,8 +165,12 @@ bool wait_ready(int fd, int timeout_ms = 20000) {
     return poll(&p, 1, timeout_ms) == 1 && read(fd, &c, 1) == 1 && c == 'r';
 }
 
+enum class ChildMode { Wait, CloseAndWait, UnregisterAndExit, ForkKeeperAndWait, ForkExitThenUnregister };
+
 class LibfoSuite : public ::testing::TestWithParam<BackendKind> {
 protected:
+    void graceful_exit(ChildMode mode);
+
     void SetUp() override {
         orig_ns_ = ::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
         ASSERT_GE(orig_ns_, 0);
@@ -432,7 +436,6 @@ TEST_P(LibfoSuite, ForeignSignalsAreNotNotifications) {
 
 // Forks a child that opens its own backend, registers critical (optionally forks a
 // grandchild that keeps the descriptor), reports ready and then does what `mode` says.
-enum class ChildMode { Wait, CloseAndWait, UnregisterAndExit, ForkKeeperAndWait };
 
 pid_t spawn_critical(ChildMode mode, int& ready_fd, pid_t* keeper = nullptr,
                      std::function<of::Result<std::unique_ptr<Backend>>()> open = nullptr) {
@@ -464,6 +467,15 @@ pid_t spawn_critical(ChildMode mode, int& ready_fd, pid_t* keeper = nullptr,
             for (;;) pause();  // holds a copy of the descriptor / connection
         }
         if (write(kp[1], &k, sizeof(k)) != sizeof(k)) _exit(12);
+    }
+    if (mode == ChildMode::ForkExitThenUnregister) {
+        // a child of the critical process has its own address space and its own copy of the
+        // descriptor: its exit is not the critical process's death
+        pid_t k = fork();
+        if (k == 0) _exit(0);
+        int st;
+        if (waitpid(k, &st, 0) != k) _exit(15);
+        mode = ChildMode::UnregisterAndExit;
     }
     if (mode == ChildMode::UnregisterAndExit) {
         if (!(*b)->unregister()) _exit(13);
@@ -542,11 +554,19 @@ TEST_P(LibfoSuite, CloseWithoutUnregisterIsACriticalDeath) {
 }
 
 TEST_P(LibfoSuite, UnregisterThenExitIsNotADeath) {
+    for (auto mode : {ChildMode::UnregisterAndExit, ChildMode::ForkExitThenUnregister}) {
+        SCOPED_TRACE(mode == ChildMode::UnregisterAndExit ? "unregister, exit" : "fork, child exits, unregister, exit");
+        graceful_exit(mode);
+        if (HasFatalFailure()) return;
+    }
+}
+
+void LibfoSuite::graceful_exit(ChildMode mode) {
     drive(*main_, kPrimary);
     ASSERT_TRUE(main_->set_message(message(16, 2)));
     auto before = main_->status();
     int ready = -1;
-    pid_t child = spawn_critical(ChildMode::UnregisterAndExit, ready, nullptr, [this] { return open(); });
+    pid_t child = spawn_critical(mode, ready, nullptr, [this] { return open(); });
     ASSERT_GT(child, 0);
     EXPECT_TRUE(wait_ready(ready));
     close(ready);
