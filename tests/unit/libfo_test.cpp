@@ -710,8 +710,8 @@ TEST_P(LibfoSuite, GarbageRequestsNeverHurtTheHolder) {
     for (int i = 0; i < 3000; ++i) {
         std::vector<uint8_t> pkt(rng() % 700);
         for (auto& b : pkt) b = uint8_t(rng());
-        if (pkt.size() >= 8 && rng() % 2) {  // a valid header, garbage body
-            of::fo::wire::Header h{of::fo::wire::kMagic, uint32_t(1 + rng() % 5)};
+        if (pkt.size() >= sizeof(of::fo::wire::Header) && rng() % 2) {  // a valid header, garbage body
+            of::fo::wire::Header h{of::fo::wire::kMagic, uint32_t(1 + rng() % 5), uint32_t(i)};
             std::memcpy(pkt.data(), &h, sizeof(h));
             if (h.op == 5 && rng() % 2) pkt.resize(sizeof(h) + sizeof(fo_message));
             if (h.op == 2 && rng() % 2) pkt.resize(sizeof(h) + sizeof(fo_transition));
@@ -847,7 +847,7 @@ TEST(LibfoHolder, ChoiceParsingAndAutoWithoutModuleOrHolder) {
 TEST(LibfoWire, ParseRequestChecksMagicOpAndSize) {
     using namespace of::fo::wire;
     std::vector<uint8_t> pkt(sizeof(Header));
-    Header h{kMagic, uint32_t(Op::GetStatus)};
+    Header h{kMagic, uint32_t(Op::GetStatus), 7};
     std::memcpy(pkt.data(), &h, sizeof(h));
     EXPECT_TRUE(parse_request(pkt));
     pkt.push_back(0);
@@ -858,6 +858,7 @@ TEST(LibfoWire, ParseRequestChecksMagicOpAndSize) {
     auto r = parse_request(pkt);
     ASSERT_TRUE(r);
     EXPECT_EQ(r->op, Op::SetState);
+    EXPECT_EQ(r->seq, 7u);
     h.op = 77;
     std::memcpy(pkt.data(), &h, sizeof(h));
     EXPECT_FALSE(parse_request(pkt));

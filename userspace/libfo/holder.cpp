@@ -240,20 +240,23 @@ void Holder::on_conn_readable(uint64_t id) {
             }
         }
         int err;
+        wire::Header h{};
+        if (size_t(len) >= sizeof(h)) std::memcpy(&h, pkt, sizeof(h));
         if ((mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || fds.size() > 1)
             err = EINVAL;
         else
             err = handle(c, id, pkt, size_t(len), sender, fds.empty() ? -1 : fds[0]);
         for (int f : fds)
             if (f != c.pidfd) ::close(f);
-        reply(c, err);
+        reply(c, err, h.seq);
     }
 }
 
-void Holder::reply(Conn& c, int err) {
+void Holder::reply(Conn& c, int err, uint32_t seq) {
     wire::Reply r{};
     r.magic = wire::kMagic;
     r.err = err;
+    r.seq = seq;
     r.status = uapi_status();
     // A client that does not read its replies loses them; libfo always reads.
     (void)::send(c.fd, &r, sizeof(r), MSG_DONTWAIT | MSG_NOSIGNAL);

@@ -69,7 +69,7 @@ private:
     int handle(Conn& c, uint64_t id, const uint8_t* pkt, size_t len, pid_t sender, int passed_fd);
     int do_register(Conn& c, uint64_t id, const fo_registration& r, pid_t sender, int passed_fd);
     int do_set_message(const fo_message& m);
-    void reply(Conn& c, int err);
+    void reply(Conn& c, int err, uint32_t seq);
     fo_status uapi_status() const;
 
     HolderOptions opts_;

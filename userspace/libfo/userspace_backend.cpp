@@ -74,7 +74,7 @@ protected:
 private:
     of::Result<wire::Reply> call(wire::Op op, const void* body, size_t len, int pass_fd, const char* what) {
         uint8_t pkt[wire::kMaxRequest];
-        wire::Header h{wire::kMagic, uint32_t(op)};
+        wire::Header h{wire::kMagic, uint32_t(op), ++seq_};
         std::memcpy(pkt, &h, sizeof(h));
         if (len) std::memcpy(pkt + sizeof(h), body, len);
         iovec iov{pkt, sizeof(h) + len};
@@ -109,6 +109,7 @@ private:
             if (n == 0) return make_error(ECONNRESET, std::string(what) + ": holder closed the connection");
             if (size_t(n) != sizeof(r) || r.magic != wire::kMagic || r.err < 0)
                 return make_error(EPROTO, std::string(what) + ": malformed reply from holder");
+            if (r.seq != h.seq) continue;  // the late reply to a request that timed out
             if (r.err) return make_error(r.err, std::string(what) + ": " + errno_meaning(r.err));
             return r;
         }
@@ -117,6 +118,7 @@ private:
     int fd_;
     pid_t holder_;
     int timeout_ms_;
+    uint32_t seq_ = 0;
 };
 
 }  // namespace

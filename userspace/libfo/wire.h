@@ -22,16 +22,20 @@ enum class Op : uint32_t { GetStatus = 1, SetState = 2, Register = 3, Unregister
 struct Header {
     uint32_t magic;
     uint32_t op;
+    uint32_t seq;  // echoed in the reply: a reply that arrives after its caller gave up is dropped
 };
 
 struct Reply {
     uint32_t magic;
     int32_t err;  // 0 or a positive errno
+    uint32_t seq;
+    uint32_t reserved;
     fo_status status;
 };
 
 struct Request {
     Op op{};
+    uint32_t seq = 0;
     fo_transition transition{};
     fo_registration registration{};
     fo_message message{};
@@ -66,6 +70,7 @@ inline of::Result<Request> parse_request(std::span<const uint8_t> pkt) {
     }
     if (!st) return st.error();
     r.op = Op(h.op);
+    r.seq = h.seq;
     return r;
 }
 
