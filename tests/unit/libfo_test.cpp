@@ -21,6 +21,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -165,11 +166,14 @@ bool wait_ready(int fd, int timeout_ms = 20000) {
     return poll(&p, 1, timeout_ms) == 1 && read(fd, &c, 1) == 1 && c == 'r';
 }
 
-enum class ChildMode { Wait, CloseAndWait, UnregisterAndExit, ForkKeeperAndWait, ForkExitThenUnregister };
+enum class ChildMode { Wait, WaitLarge, CloseAndWait, UnregisterAndExit, ForkKeeperAndWait, ForkExitThenUnregister };
+// WaitLarge: the critical process first fills this much memory, as a streaming daemon would.
+constexpr size_t kLargeBytes = 64u << 20;
 
 class LibfoSuite : public ::testing::TestWithParam<BackendKind> {
 protected:
     void graceful_exit(ChildMode mode);
+    void kill9(ChildMode mode);
 
     void SetUp() override {
         orig_ns_ = ::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
@@ -458,6 +462,11 @@ pid_t spawn_critical(ChildMode mode, int& ready_fd, pid_t* keeper = nullptr,
         return pid;
     }
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (mode == ChildMode::WaitLarge) {
+        void* m = mmap(nullptr, kLargeBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+        if (m == MAP_FAILED) _exit(16);
+        std::memset(m, 0x5a, kLargeBytes);
+    }
     auto b = open();
     if (!b) _exit(10);
     if (!(*b)->register_critical()) _exit(11);
@@ -489,6 +498,16 @@ pid_t spawn_critical(ChildMode mode, int& ready_fd, pid_t* keeper = nullptr,
 }
 
 TEST_P(LibfoSuite, Kill9OfACriticalProcessFailsTheServerNotifiesAndSendsTheMessage) {
+    kill9(ChildMode::Wait);
+}
+
+// The module sees the death when the address space starts to go, not after it is gone: the
+// teardown of a large process must not delay the message (the holder cannot do that).
+TEST_P(LibfoSuite, Kill9OfALargeCriticalProcess) {
+    kill9(ChildMode::WaitLarge);
+}
+
+void LibfoSuite::kill9(ChildMode mode) {
     drive(*main_, kPrimary);
     Recorder rec;
     auto base = main_->register_notify(rec.cb());
@@ -498,7 +517,7 @@ TEST_P(LibfoSuite, Kill9OfACriticalProcessFailsTheServerNotifiesAndSendsTheMessa
     EXPECT_TRUE(main_->status()->message_armed);
 
     int ready = -1;
-    pid_t child = spawn_critical(ChildMode::Wait, ready, nullptr, [this] { return open(); });
+    pid_t child = spawn_critical(mode, ready, nullptr, [this] { return open(); });
     ASSERT_GT(child, 0);
     ASSERT_TRUE(wait_ready(ready)) << "critical child did not register";
     close(ready);
@@ -515,8 +534,8 @@ TEST_P(LibfoSuite, Kill9OfACriticalProcessFailsTheServerNotifiesAndSendsTheMessa
     EXPECT_EQ(got, msg.payload);
     ASSERT_GT(rx, 0) << "no SO_TIMESTAMPNS";
     double us = double(rx - t0) / 1000.0;
-    std::printf("[ measure  ] %s backend: kill -9 -> failover message received: %.1f us\n",
-                of::fo::to_string(GetParam()), us);
+    std::printf("[ measure  ] %s backend: kill -9 -> failover message received: %.1f us%s\n",
+                of::fo::to_string(GetParam()), us, mode == ChildMode::WaitLarge ? " (64 MiB process)" : "");
     RecordProperty("kill_to_message_us", std::to_string(us));
 
     ASSERT_TRUE(rec.wait(*main_, 1)) << "no notification of the failure";
