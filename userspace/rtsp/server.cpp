@@ -276,7 +276,7 @@ int RtspServer::on_connection_timer(sd_event_source*, uint64_t, void* userdata) 
         timed_out = now >= c->closing_since_usec + rt;
     } else if (c->pending() && now >= c->write_progress_usec + rt) {
         timed_out = true;  // the peer does not read its answers
-    } else if (c->partial_since_usec && now >= c->partial_since_usec + rt) {
+    } else if (c->partial_since_usec && !c->paused && now >= c->partial_since_usec + rt) {
         // A request that does not finish in time (slowloris): tell it, best effort, and go.
         s.answer(*c, Response(408), std::nullopt);
         s.flush(*c);
@@ -340,7 +340,15 @@ void RtspServer::service(Connection& c, uint32_t revents) {
             }
         }
     }
-    if (!c.dead) flush(c);
+    // Answers may drain at once while complete requests wait in the parser; no event would
+    // wake the connection for them, so serve them now, as long as the peer keeps up.
+    while (!c.dead) {
+        flush(c);
+        if (c.dead || c.closing || c.pending() >= limits_.max_output_bytes) break;
+        uint64_t before = counters_.requests;
+        process_requests(c);
+        if (counters_.requests == before) break;
+    }
     if (c.dead || ((c.peer_eof || (c.closing && c.shut_wr && (revents & EPOLLHUP))) && !c.pending())) {
         close_connection(c);
         return;
@@ -401,6 +409,8 @@ void RtspServer::flush(Connection& c) {
 void RtspServer::update_connection(Connection& c) {
     bool paused = !c.closing && c.pending() >= limits_.max_output_bytes;
     if (paused && !c.paused) ++counters_.reads_paused;
+    // A request cut short by our own pause is not slow: its clock restarts when reading does.
+    if (c.paused && !paused && c.partial_since_usec) c.partial_since_usec = now_usec();
     c.paused = paused;
     uint32_t events = 0;
     if (!c.peer_eof && !paused) events |= EPOLLIN;
@@ -411,7 +421,7 @@ void RtspServer::update_connection(Connection& c) {
     uint64_t deadline = c.last_request_usec + limits_.idle_timeout_usec;
     if (c.closing) deadline = std::min(deadline, c.closing_since_usec + rt);
     if (c.pending()) deadline = std::min(deadline, c.write_progress_usec + rt);
-    if (c.partial_since_usec) deadline = std::min(deadline, c.partial_since_usec + rt);
+    if (c.partial_since_usec && !paused) deadline = std::min(deadline, c.partial_since_usec + rt);
     sd_event_source_set_time(c.timer, deadline);
     sd_event_source_set_enabled(c.timer, SD_EVENT_ONESHOT);
 }
