@@ -879,6 +879,7 @@ TEST_F(RtspServerTest, RtpSessionFromDescribeToTeardown) {
     Reply s = ask(c, req("SETUP", base_ + "movie/trackID=1", 2, "Transport: RTP/AVP;unicast;client_port=5000-5001\r\n"));
     ASSERT_EQ(s.status, 200);
     EXPECT_EQ(s.h("transport"), "RTP/AVP;unicast;client_port=5000-5001;server_port=6970-6971;ssrc=11223344");
+    EXPECT_EQ(s.h("content-base"), base_ + "movie/");
     std::string sess = s.h("session");
     EXPECT_EQ(sess, "9f3c1a7e1;timeout=60");
     sess = sess.substr(0, sess.find(';'));
@@ -1433,5 +1434,36 @@ TEST_F(RtspPlayerTest, FfmpegGetsTheStatusOfAnUnknownAsset) {
     EXPECT_NE(slurp(log).find("404 Not Found"), std::string::npos) << slurp(log);
     EXPECT_EQ(backend_->count("SETUP"), 0u);
 }
+
+
+// VLC refuses to run as root: run it as nobody, recording what it receives. Debian builds VLC
+// without live555, so its RTSP client is the SAT>IP module: no DESCRIBE, SETUP RTP/AVP on the
+// URL, PLAY on the SETUP answer's Content-Base + "stream=N", OPTIONS keepalives. It cannot ask for
+// raw UDP; a VLC with live555 reads the SDP like ffmpeg does.
+class RtspVlcTest : public RtspPlayerTest {
+protected:
+    void SetUp() override {
+        if (!on_path("cvlc") || !on_path("setpriv")) GTEST_SKIP() << "VLC (cvlc) or setpriv is not installed";
+        RtspPlayerTest::SetUp();
+    }
+    int run_vlc(const std::string& url, const std::string& out, const std::string& log) {
+        std::vector<std::string> argv = {"cvlc", "-q", "-I", "dummy", "--no-audio", "--run-time=3", "--play-and-exit",
+                                         url, "--sout", "#std{access=file,mux=ts,dst=" + out + "}", "vlc://quit"};
+        if (geteuid() == 0)
+            argv.insert(argv.begin(), {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", "env",
+                                       "HOME=" + dir_});
+        return run(argv, log);
+    }
+};
+
+TEST_F(RtspVlcTest, VlcPlaysRtpOverUdp) {
+    std::string out = dir_ + "/vlc-rtp.ts", log = dir_ + "/vlc-rtp.log";
+    EXPECT_EQ(run_vlc(base_ + "movie", out, log), 0) << slurp(log);
+    EXPECT_EQ(backend_->count("SETUP movie RTP/AVP"), 1u) << ::testing::PrintToString(backend_->calls) << slurp(log);
+    EXPECT_EQ(backend_->count("PLAY"), 1u);
+    EXPECT_EQ(backend_->count("TEARDOWN"), 1u);
+    EXPECT_GT(slurp(out).size(), 20'000u) << slurp(log);  // it received and remuxed the stream
+}
+
 
 }  // namespace

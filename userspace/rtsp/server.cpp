@@ -677,6 +677,9 @@ Response RtspServer::handle_setup(Connection& c, const Request& req) {
     Response r(200);
     r.header("Session", format_session(rep->session, session_timeout_seconds()));
     r.header("Transport", format_transport(*t, tr));
+    // Clients that SETUP without DESCRIBE (VLC's SAT>IP-style client in Debian's build, cable
+    // set-top boxes) build their PLAY URL from this; without it they PLAY rtsp://host/stream=0.
+    r.header("Content-Base", content_base(*u, c.local_host));
     return r;
 }
 
