@@ -854,6 +854,27 @@ protected:
     std::string base_;
 };
 
+TEST_F(RtspServerTest, CreateRefusesBadArguments) {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    Limits zero;
+    zero.max_output_bytes = 0;
+    auto r = RtspServer::create(loop_, a, *backend_, zero);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().code, EINVAL);
+    Limits no_timeout;
+    no_timeout.request_timeout_usec = 0;
+    EXPECT_EQ(RtspServer::create(loop_, a, *backend_, no_timeout).error().code, EINVAL);
+    int udp = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);  // not a listening socket
+    EXPECT_EQ(RtspServer::create(loop_, udp, *backend_).error().code, EINVAL);
+    close(udp);
+    EXPECT_EQ(RtspServer::create(nullptr, a, *backend_).error().code, EINVAL);
+    auto ok = RtspServer::create(loop_, a, *backend_);  // its own socket on a free port
+    ASSERT_TRUE(ok.ok()) << ok.error().message;
+    EXPECT_NE((*ok)->port(), 0);
+}
+
 TEST_F(RtspServerTest, OptionsListsTheMethods) {
     start();
     TestClient c(port_);

@@ -39,6 +39,15 @@ bool accepts_sdp(std::string_view accept) {
 
 int uri_status(const Error& e) { return e.code == ENOENT ? 404 : 400; }
 
+// Zero in any of these would stall every connection or close it at once.
+Status check_limits(const Limits& l) {
+    const ParserLimits& p = l.parser;
+    if (!p.max_head_bytes || !p.max_line_bytes || !p.max_uri_bytes || !p.max_headers || !l.max_output_bytes ||
+        !l.max_read_per_wakeup || !l.session_timeout_usec || !l.idle_timeout_usec || !l.request_timeout_usec)
+        return make_error(EINVAL, "RTSP limits must not be zero");
+    return {};
+}
+
 }  // namespace
 
 struct RtspServer::Connection {
@@ -98,6 +107,7 @@ RtspServer::RtspServer(sd_event* loop, int listen_fd, bool owns_fd, SessionBacke
 Result<std::unique_ptr<RtspServer>> RtspServer::create(sd_event* loop, int listen_fd, SessionBackend& backend,
                                                        const Limits& limits) {
     if (!loop) return make_error(EINVAL, "no event loop");
+    if (auto st = check_limits(limits); !st) return st.error();
     int accepting = 0;
     socklen_t len = sizeof accepting;
     if (getsockopt(listen_fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &len) < 0)
@@ -111,6 +121,7 @@ Result<std::unique_ptr<RtspServer>> RtspServer::create(sd_event* loop, int liste
 Result<std::unique_ptr<RtspServer>> RtspServer::create(sd_event* loop, const sockaddr_in& addr, SessionBackend& backend,
                                                        const Limits& limits) {
     if (!loop) return make_error(EINVAL, "no event loop");
+    if (auto st = check_limits(limits); !st) return st.error();
     auto fd = listen_tcp(addr);
     if (!fd) return fd.error();
     std::unique_ptr<RtspServer> s(new RtspServer(loop, *fd, true, backend, limits));
