@@ -5,8 +5,11 @@
 #include <vector>
 
 #include "rtsp/message.h"
+#include "rtsp/text.h"
 
 namespace of::rtsp {
+
+using detail::cat;
 namespace {
 
 constexpr size_t kMaxTransportSpecs = 8;
@@ -99,17 +102,17 @@ Result<Transport> negotiate_transport(std::string_view header_value) {
     std::vector<std::string_view> specs, params, parts;
     if (trim(header_value).empty()) return invalid("empty Transport");
     if (!split(header_value, ',', kMaxTransportSpecs, specs))
-        return invalid("more than " + std::to_string(kMaxTransportSpecs) + " transport specifications");
+        return invalid(cat("more than ", std::to_string(kMaxTransportSpecs), " transport specifications"));
 
     std::optional<Transport> chosen;
     std::string refusal = "no transport specification";
     for (std::string_view spec : specs) {
         if (!split(spec, ';', kMaxTransportParams + 1, params))
-            return invalid("more than " + std::to_string(kMaxTransportParams) + " transport parameters");
+            return invalid(cat("more than ", std::to_string(kMaxTransportParams), " transport parameters"));
         std::string_view proto = trim(params[0]);
-        if (!split(proto, '/', 3, parts) || parts.size() < 2) return invalid("bad transport protocol '" + std::string(proto) + "'");
+        if (!split(proto, '/', 3, parts) || parts.size() < 2) return invalid(cat("bad transport protocol '", proto, "'"));
         for (auto p : parts)
-            if (!token_chars(p)) return invalid("bad transport protocol '" + std::string(proto) + "'");
+            if (!token_chars(p)) return invalid(cat("bad transport protocol '", proto, "'"));
 
         Transport t;
         bool usable = true;
@@ -123,11 +126,11 @@ Result<Transport> negotiate_transport(std::string_view header_value) {
             t.kind = TransportKind::Mp2tUdp;
         } else {
             usable = false;
-            refusal = "transport " + std::string(proto) + " is not offered";
+            refusal = cat("transport ", proto, " is not offered");
         }
         if (usable && !udp) {
             usable = false;
-            refusal = "only UDP transports are offered, not " + std::string(proto);
+            refusal = cat("only UDP transports are offered, not ", proto);
         }
 
         bool have_port = false;
@@ -137,7 +140,7 @@ Result<Transport> negotiate_transport(std::string_view header_value) {
             size_t eq = param.find('=');
             std::string_view name = trim(param.substr(0, eq));
             std::string_view value = eq == std::string_view::npos ? std::string_view{} : unquote(trim(param.substr(eq + 1)));
-            if (!token_chars(name)) return invalid("bad transport parameter '" + std::string(param) + "'");
+            if (!token_chars(name)) return invalid(cat("bad transport parameter '", param, "'"));
             if (iequals(name, "client_port")) {
                 std::string_view lo = value, hi;
                 size_t dash = value.find('-');
@@ -145,12 +148,12 @@ Result<Transport> negotiate_transport(std::string_view header_value) {
                     lo = value.substr(0, dash);
                     hi = value.substr(dash + 1);
                 }
-                if (!to_port(lo, t.client_port_lo)) return invalid("bad client_port '" + std::string(value) + "'");
+                if (!to_port(lo, t.client_port_lo)) return invalid(cat("bad client_port '", value, "'"));
                 t.client_port_hi = t.client_port_lo;
                 if (dash != std::string_view::npos) {
                     if (!to_port(hi, t.client_port_hi) || t.client_port_hi < t.client_port_lo ||
                         t.client_port_hi - t.client_port_lo > 1)
-                        return invalid("bad client_port '" + std::string(value) + "'");
+                        return invalid(cat("bad client_port '", value, "'"));
                 }
                 have_port = true;
             } else if (iequals(name, "multicast")) {
@@ -170,7 +173,7 @@ Result<Transport> negotiate_transport(std::string_view header_value) {
                 for (char c : value) {
                     bool ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
                               c == ':' || c == '.' || c == '-';
-                    if (!ok) return invalid("bad destination '" + std::string(value) + "'");
+                    if (!ok) return invalid(cat("bad destination '", value, "'"));
                 }
                 t.destination = std::string(value);
             }
@@ -194,13 +197,23 @@ std::string format_transport(const Transport& t, const TransportReply& reply) {
     else
         out = std::string(transport_name(t.kind));
     out += ";unicast";
-    if (!t.destination.empty()) out += ";destination=" + t.destination;
-    out += ";client_port=" + std::to_string(t.client_port_lo);
-    if (t.client_port_hi != t.client_port_lo) out += "-" + std::to_string(t.client_port_hi);
+    if (!t.destination.empty()) {
+        out += ";destination=";
+        out += t.destination;
+    }
+    out += ";client_port=";
+    out += std::to_string(t.client_port_lo);
+    if (t.client_port_hi != t.client_port_lo) {
+        out += '-';
+        out += std::to_string(t.client_port_hi);
+    }
     if (reply.server_port_lo) {
-        out += ";server_port=" + std::to_string(reply.server_port_lo);
-        if (reply.server_port_hi && reply.server_port_hi != reply.server_port_lo)
-            out += "-" + std::to_string(reply.server_port_hi);
+        out += ";server_port=";
+        out += std::to_string(reply.server_port_lo);
+        if (reply.server_port_hi && reply.server_port_hi != reply.server_port_lo) {
+            out += '-';
+            out += std::to_string(reply.server_port_hi);
+        }
     }
     if (reply.ssrc) {
         char buf[16];
@@ -260,7 +273,7 @@ Result<Range> parse_range(std::string_view header_value) {
     if (eq == std::string_view::npos) return invalid("Range without a unit");
     std::string_view unit = trim(v.substr(0, eq));
     if (!token_chars(unit)) return invalid("bad Range unit");
-    if (!iequals(unit, "npt")) return make_error(ENOTSUP, "only npt ranges are supported, not " + std::string(unit));
+    if (!iequals(unit, "npt")) return make_error(ENOTSUP, cat("only npt ranges are supported, not ", unit));
     std::string_view rest = v.substr(eq + 1);
     if (rest.find(';') != std::string_view::npos)
         return make_error(ENOTSUP, "scheduled play (Range ;time=) is not supported");
@@ -274,12 +287,12 @@ Result<Range> parse_range(std::string_view header_value) {
     Range r;
     if (!start.empty() && !iequals(start, "now")) {
         int64_t ns = 0;
-        if (!parse_npt_time(start, ns)) return invalid("bad npt time '" + std::string(start) + "'");
+        if (!parse_npt_time(start, ns)) return invalid(cat("bad npt time '", start, "'"));
         r.start_ns = ns;
     }
     if (!end.empty()) {
         int64_t ns = 0;
-        if (!parse_npt_time(end, ns)) return invalid("bad npt time '" + std::string(end) + "'");
+        if (!parse_npt_time(end, ns)) return invalid(cat("bad npt time '", end, "'"));
         r.end_ns = ns;
     }
     if (r.start_ns && r.end_ns && *r.start_ns > *r.end_ns) return make_error(ERANGE, "npt range ends before it starts");
@@ -295,7 +308,7 @@ std::string format_npt_seconds(int64_t ns) {
 }
 
 std::string format_npt_range(int64_t start_ns, std::optional<int64_t> end_ns) {
-    std::string out = "npt=" + format_npt_seconds(start_ns) + "-";
+    std::string out = cat("npt=", format_npt_seconds(start_ns), "-");
     if (end_ns) out += format_npt_seconds(*end_ns);
     return out;
 }
@@ -335,7 +348,7 @@ Result<SessionHeader> parse_session(std::string_view header_value) {
 }
 
 std::string format_session(std::string_view id, uint32_t timeout_s) {
-    return std::string(id) + ";timeout=" + std::to_string(timeout_s);
+    return cat(id, ";timeout=", std::to_string(timeout_s));
 }
 
 // ---- Request URI ----
@@ -515,7 +528,10 @@ std::string content_base(const RequestUri& uri, std::string_view fallback_host) 
         out += fallback_host;
     } else {
         out += uri.host;
-        if (uri.port) out += ":" + std::to_string(*uri.port);
+        if (uri.port) {
+            out += ':';
+            out += std::to_string(*uri.port);
+        }
     }
     out += "/";
     out += uri.asset;

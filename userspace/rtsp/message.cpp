@@ -3,8 +3,11 @@
 #include <array>
 
 #include "rtsp/status.h"
+#include "rtsp/text.h"
 
 namespace of::rtsp {
+
+using detail::cat;
 namespace {
 
 constexpr std::array<std::string_view, 11> kMethodNames = {
@@ -183,10 +186,10 @@ ParseStatus RequestParser::next(Request& out) {
                 if (!partial.empty() && partial.back() == '\r') partial.remove_suffix(1);
                 if (partial.size() > limits_.max_line_bytes) {
                     int st = lines_ == 0 ? overlong_first_line_status(partial, limits_) : 413;
-                    return fail(st, "line longer than " + std::to_string(limits_.max_line_bytes) + " bytes", true);
+                    return fail(st, cat("line longer than ", std::to_string(limits_.max_line_bytes), " bytes"), true);
                 }
                 if (buf_.size() > limits_.max_head_bytes)
-                    return fail(413, "request head larger than " + std::to_string(limits_.max_head_bytes) + " bytes", true);
+                    return fail(413, cat("request head larger than ", std::to_string(limits_.max_head_bytes), " bytes"), true);
                 return ParseStatus::NeedMore;
             }
             size_t end = nl;
@@ -194,16 +197,16 @@ ParseStatus RequestParser::next(Request& out) {
             std::string_view line(buf_.data() + scan_, end - scan_);
             if (line.size() > limits_.max_line_bytes) {
                 int st = lines_ == 0 ? overlong_first_line_status(line, limits_) : 413;
-                return fail(st, "line longer than " + std::to_string(limits_.max_line_bytes) + " bytes", true);
+                return fail(st, cat("line longer than ", std::to_string(limits_.max_line_bytes), " bytes"), true);
             }
             if (nl + 1 > limits_.max_head_bytes)
-                return fail(413, "request head larger than " + std::to_string(limits_.max_head_bytes) + " bytes", true);
+                return fail(413, cat("request head larger than ", std::to_string(limits_.max_head_bytes), " bytes"), true);
             if (line.empty()) {
                 head_end_ = nl + 1;
                 break;
             }
             if (++lines_ > limits_.max_headers + 1)
-                return fail(413, "more than " + std::to_string(limits_.max_headers) + " header lines", true);
+                return fail(413, cat("more than ", std::to_string(limits_.max_headers), " header lines"), true);
             scan_ = nl + 1;
         }
     }
@@ -287,7 +290,7 @@ ParseStatus RequestParser::parse_head(Request& r) {
             if (value.empty() || value.find_first_not_of("0123456789") != std::string_view::npos)
                 return fatal(400, "Content-Length is not a number");
             if (!parse_decimal(value, 12, len) || len > limits_.max_body_bytes)
-                return fatal(413, "body larger than " + std::to_string(limits_.max_body_bytes) + " bytes");
+                return fatal(413, cat("body larger than ", std::to_string(limits_.max_body_bytes), " bytes"));
             body_len_ = size_t(len);
         }
         r.headers.push_back(HeaderField{std::string(name), std::string(value)});
@@ -301,13 +304,13 @@ ParseStatus RequestParser::parse_head(Request& r) {
         return ParseStatus::NeedMore;
     };
     if (uri.size() > limits_.max_uri_bytes)
-        return refuse(414, "URI longer than " + std::to_string(limits_.max_uri_bytes) + " bytes");
+        return refuse(414, cat("URI longer than ", std::to_string(limits_.max_uri_bytes), " bytes"));
     if (version != "RTSP/1.0") {
-        if (is_rtsp_version(version)) return refuse(505, "version " + std::string(version));
+        if (is_rtsp_version(version)) return refuse(505, cat("version ", version));
         return refuse(400, "not an RTSP request");
     }
     auto m = method_from_token(method);
-    if (!m) return refuse(501, "unknown method " + std::string(method));
+    if (!m) return refuse(501, cat("unknown method ", method));
     if (cseq_count == 0) return refuse(400, "no CSeq");
     if (cseq_count > 1 || cseq_bad) return refuse(400, "invalid CSeq");
     r.method = *m;

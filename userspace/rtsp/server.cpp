@@ -11,8 +11,11 @@
 
 #include "rtsp/sdp.h"
 #include "rtsp/status.h"
+#include "rtsp/text.h"
 
 namespace of::rtsp {
+
+using detail::cat;
 namespace {
 
 constexpr const char* kPublic = "OPTIONS, DESCRIBE, SETUP, PLAY, PAUSE, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
@@ -94,7 +97,7 @@ Result<int> listen_tcp(const sockaddr_in& addr, int backlog) {
     int one = 1;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
         bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) < 0 || listen(fd, backlog) < 0) {
-        Error e = errno_error("listen on RTSP port " + std::to_string(ntohs(addr.sin_port)));
+        Error e = errno_error(cat("listen on RTSP port ", std::to_string(ntohs(addr.sin_port))));
         close(fd);
         return e;
     }
@@ -246,7 +249,8 @@ void RtspServer::accept_pending() {
             }
         }
         c->local_ip = ip;
-        c->local_host = (c->local_ipv6 ? "[" + c->local_ip + "]" : c->local_ip) + ":" + std::to_string(lport);
+        c->local_host = c->local_ipv6 ? cat("[", c->local_ip, "]:", std::to_string(lport))
+                                      : cat(c->local_ip, ":", std::to_string(lport));
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // answers are whole messages
 
@@ -724,8 +728,8 @@ Response RtspServer::handle_play(Connection&, const Request& req) {
     r.header("Session", format_session(id, session_timeout_seconds()));
     r.header("Range", format_npt_range(rep->start_ns, rep->end_ns));
     if (kind == TransportKind::RtpAvp && !control_url.empty())
-        r.header("RTP-Info", "url=" + control_url + ";seq=" + std::to_string(rep->rtp_seq) +
-                                 ";rtptime=" + std::to_string(rep->rtp_time));
+        r.header("RTP-Info", cat("url=", control_url, ";seq=", std::to_string(rep->rtp_seq), ";rtptime=",
+                                 std::to_string(rep->rtp_time)));
     return r;
 }
 
