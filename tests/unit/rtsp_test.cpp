@@ -693,9 +693,15 @@ std::string lower(std::string s) {
 // A non-blocking client socket; the test thread runs the server's loop between its steps.
 class TestClient {
 public:
-    explicit TestClient(uint16_t port, int rcvbuf = 0) {
+    explicit TestClient(uint16_t port, int rcvbuf = 0, const char* source = nullptr) {
         fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (rcvbuf) setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+        if (source) {  // another viewer: any 127/8 address is local on loopback
+            sockaddr_in src{};
+            src.sin_family = AF_INET;
+            inet_pton(AF_INET, source, &src.sin_addr);
+            bind(fd_, reinterpret_cast<sockaddr*>(&src), sizeof src);
+        }
         sockaddr_in a{};
         a.sin_family = AF_INET;
         a.sin_port = htons(port);
@@ -1106,17 +1112,17 @@ TEST_F(RtspServerTest, SessionOutlivesItsConnection) {
 
 TEST_F(RtspServerTest, SessionTimeoutTearsDownAndKeepalivesPreventIt) {
     Limits l;
-    l.session_timeout_usec = 400'000;
+    l.session_timeout_usec = 800'000;
     start(l);
     TestClient c(port_);
     std::string kept = setup(c, 1);
     std::string dropped = setup(c, 2);
     EXPECT_EQ(ask(c, req("PLAY", base_ + "movie", 3, "Session: " + dropped + "\r\n")).status, 200);
-    // Keep `kept` alive with GET_PARAMETER every 100 ms for three timeouts; `dropped` gets none.
+    // Keep `kept` alive with GET_PARAMETER every 150 ms for 2.5 timeouts; `dropped` gets none.
     int cseq = 10;
     auto last = std::chrono::steady_clock::now();
-    pump_for(1.2, [&] {
-        if (std::chrono::steady_clock::now() - last > std::chrono::milliseconds(100)) {
+    pump_for(2.0, [&] {
+        if (std::chrono::steady_clock::now() - last > std::chrono::milliseconds(150)) {
             last = std::chrono::steady_clock::now();
             c.send(req("GET_PARAMETER", base_ + "movie", cseq++, "Session: " + kept + "\r\n"));
         }
@@ -1217,6 +1223,30 @@ TEST_F(RtspServerTest, ConnectionsBeyondTheLimitAreRefused) {
     ASSERT_TRUE(pump_until([&] { return server_->connection_count() == 1; }));
     TestClient d(port_);
     EXPECT_EQ(ask(d, req("OPTIONS", "*", 1)).status, 200);
+}
+
+TEST_F(RtspServerTest, OneAddressCannotTakeEverySlot) {
+    Limits l;
+    l.max_connections_per_address = 3;
+    l.max_sessions_per_address = 2;
+    start(l);
+    TestClient a(port_), b(port_), c(port_);
+    int n = 1;
+    std::string first = setup(a, n++);
+    setup(b, n++);
+    const std::string transport = "Transport: RTP/AVP;unicast;client_port=5000-5001\r\n";
+    EXPECT_EQ(ask(c, req("SETUP", base_ + "movie", n++, transport)).status, 453);  // over connections too
+    TestClient d(port_);
+    EXPECT_TRUE(closed_by_server(d));
+    EXPECT_EQ(server_->counters().connections_refused, 1u);
+    // Another viewer is served all the same.
+    TestClient other(port_, 0, "127.0.0.2");
+    Reply o = ask(other, req("SETUP", base_ + "movie", 1, transport));
+    EXPECT_EQ(o.status, 200);
+    EXPECT_EQ(ntohl(backend_->last_setup->client_addr.sin_addr.s_addr), 0x7f000002u);
+    // A session ending frees its slot.
+    EXPECT_EQ(ask(a, req("TEARDOWN", base_ + "movie", n++, "Session: " + first + "\r\n")).status, 200);
+    EXPECT_EQ(ask(c, req("SETUP", base_ + "movie", n++, transport)).status, 200);
 }
 
 TEST_F(RtspServerTest, PeerThatDoesNotReadIsPausedNotBuffered) {

@@ -46,6 +46,7 @@ int uri_status(const Error& e) { return e.code == ENOENT ? 404 : 400; }
 Status check_limits(const Limits& l) {
     const ParserLimits& p = l.parser;
     if (!p.max_head_bytes || !p.max_line_bytes || !p.max_uri_bytes || !p.max_headers || !l.max_output_bytes ||
+        !l.max_connections_per_address || !l.max_sessions_per_address ||
         !l.max_read_per_wakeup || !l.session_timeout_usec || !l.idle_timeout_usec || !l.request_timeout_usec)
         return make_error(EINVAL, "RTSP limits must not be zero");
     return {};
@@ -63,6 +64,7 @@ struct RtspServer::Connection {
     std::string out;
     size_t out_off = 0;
     std::optional<in_addr> peer_v4;  // nullopt for a pure IPv6 peer
+    std::string peer_key;            // the peer's address bytes, for the per-address limit
     std::string local_ip;            // for the SDP origin
     bool local_ipv6 = false;
     std::string local_host;          // "ip:port" for Content-Base when the URI had no host
@@ -88,6 +90,7 @@ struct RtspServer::Session {
     TransportKind kind = TransportKind::RtpAvp;
     std::string control_url;  // the SETUP URI, echoed in RTP-Info
     uint64_t owner = 0;       // connection that created it; 0 once that connection is gone
+    uint32_t client_ip = 0;   // where it streams (network order); 0 if adopted
     sd_event_source* timer = nullptr;
 };
 
@@ -209,7 +212,24 @@ void RtspServer::accept_pending() {
             }
             return;  // EAGAIN, or an error the next wakeup retries
         }
-        if (connections_.size() >= limits_.max_connections) {
+        std::optional<in_addr> peer_v4;
+        std::string peer_key;
+        if (peer.ss_family == AF_INET) {
+            peer_v4 = reinterpret_cast<sockaddr_in*>(&peer)->sin_addr;
+        } else if (peer.ss_family == AF_INET6) {
+            auto* a6 = reinterpret_cast<sockaddr_in6*>(&peer);
+            if (IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr)) {
+                in_addr v4;
+                std::memcpy(&v4, a6->sin6_addr.s6_addr + 12, 4);
+                peer_v4 = v4;
+            } else {
+                peer_key.assign(reinterpret_cast<const char*>(a6->sin6_addr.s6_addr), 16);
+            }
+        }
+        if (peer_v4) peer_key.assign(reinterpret_cast<const char*>(&peer_v4->s_addr), 4);
+        if (connections_.size() >= limits_.max_connections ||
+            connections_per_address_[peer_key] >= limits_.max_connections_per_address) {
+            if (!connections_per_address_[peer_key]) connections_per_address_.erase(peer_key);
             ++counters_.connections_refused;
             close(fd);
             continue;
@@ -218,16 +238,8 @@ void RtspServer::accept_pending() {
         c->server = this;
         c->id = next_connection_id_++;
         c->fd = fd;
-        if (peer.ss_family == AF_INET) {
-            c->peer_v4 = reinterpret_cast<sockaddr_in*>(&peer)->sin_addr;
-        } else if (peer.ss_family == AF_INET6) {
-            auto* a6 = reinterpret_cast<sockaddr_in6*>(&peer);
-            if (IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr)) {
-                in_addr v4;
-                std::memcpy(&v4, a6->sin6_addr.s6_addr + 12, 4);
-                c->peer_v4 = v4;
-            }
-        }
+        c->peer_v4 = peer_v4;
+        c->peer_key = peer_key;
         sockaddr_storage local{};
         len = sizeof local;
         char ip[INET6_ADDRSTRLEN] = "0.0.0.0";
@@ -269,6 +281,7 @@ void RtspServer::accept_pending() {
         }
         ++counters_.connections_accepted;
         ++counters_.connections_open;
+        ++connections_per_address_[c->peer_key];
         connections_.emplace(c->id, std::move(c));
     }
 }
@@ -449,6 +462,8 @@ void RtspServer::close_connection(Connection& c) {
     sd_event_source_disable_unref(c.timer);
     close(c.fd);
     --counters_.connections_open;
+    if (auto it = connections_per_address_.find(c.peer_key); it != connections_per_address_.end() && --it->second == 0)
+        connections_per_address_.erase(it);
     connections_.erase(c.id);  // destroys c
 }
 
@@ -463,7 +478,7 @@ void RtspServer::answer(Connection& c, const Response& r, std::optional<uint32_t
 // ---- sessions ----
 
 Status RtspServer::add_session(const std::string& id, const std::string& asset, TransportKind kind,
-                               std::string control_url, uint64_t owner) {
+                               std::string control_url, uint64_t owner, uint32_t client_ip) {
     if (sessions_.size() >= limits_.max_sessions) return make_error(ENOSPC, "too many RTSP sessions");
     auto s = std::make_unique<Session>();
     s->server = this;
@@ -472,6 +487,7 @@ Status RtspServer::add_session(const std::string& id, const std::string& asset, 
     s->kind = kind;
     s->control_url = std::move(control_url);
     s->owner = owner;
+    s->client_ip = client_ip;
     uint64_t accuracy = std::clamp<uint64_t>(limits_.session_timeout_usec / 20, 1, 1'000'000);
     int r = sd_event_add_time(loop_, &s->timer, CLOCK_MONOTONIC, now_usec() + limits_.session_timeout_usec, accuracy,
                               &RtspServer::on_session_timer, s.get());
@@ -480,6 +496,7 @@ Status RtspServer::add_session(const std::string& id, const std::string& asset, 
         auto it = connections_.find(owner);
         if (it != connections_.end()) ++it->second->sessions;
     }
+    if (client_ip) ++sessions_per_address_[client_ip];
     sessions_.emplace(id, std::move(s));
     ++counters_.sessions_created;
     return {};
@@ -491,6 +508,10 @@ void RtspServer::end_session(const std::string& id) {
     if (it->second->owner) {
         auto c = connections_.find(it->second->owner);
         if (c != connections_.end() && c->second->sessions) --c->second->sessions;
+    }
+    if (uint32_t ip = it->second->client_ip) {
+        auto a = sessions_per_address_.find(ip);
+        if (a != sessions_per_address_.end() && --a->second == 0) sessions_per_address_.erase(a);
     }
     sd_event_source_disable_unref(it->second->timer);
     sessions_.erase(it);
@@ -522,7 +543,7 @@ Status RtspServer::adopt_session(const std::string& id, const std::string& asset
     if (!valid_session_id(id)) return make_error(EINVAL, "bad session id");
     if (!valid_asset_name(asset)) return make_error(EINVAL, "bad asset name");
     if (sessions_.count(id)) return make_error(EEXIST, "RTSP session " + id + " exists");
-    return add_session(id, asset, kind, "", 0);
+    return add_session(id, asset, kind, "", 0, 0);
 }
 
 Status RtspServer::forget_session(const std::string& id) {
@@ -649,8 +670,12 @@ Response RtspServer::handle_setup(Connection& c, const Request& req) {
     Session* existing = session_for(req, false, status);
     if (status) return error_response(status);
     if (existing && existing->asset != u->asset) return error_response(454);
-    if (!existing && (sessions_.size() >= limits_.max_sessions || c.sessions >= limits_.max_sessions_per_connection))
-        return error_response(453);
+    if (!existing) {
+        auto per_ip = sessions_per_address_.find(c.peer_v4->s_addr);
+        if (sessions_.size() >= limits_.max_sessions || c.sessions >= limits_.max_sessions_per_connection ||
+            (per_ip != sessions_per_address_.end() && per_ip->second >= limits_.max_sessions_per_address))
+            return error_response(453);
+    }
 
     SetupRequest sr;
     sr.asset = u->asset;
@@ -680,7 +705,7 @@ Response RtspServer::handle_setup(Connection& c, const Request& req) {
             else if (!backend_.teardown(rep->session)) ++counters_.backend_errors;
             return error_response(500);
         }
-        if (auto st = add_session(rep->session, u->asset, t->kind, req.uri, c.id); !st) {
+        if (auto st = add_session(rep->session, u->asset, t->kind, req.uri, c.id, c.peer_v4->s_addr); !st) {
             if (!backend_.teardown(rep->session)) ++counters_.backend_errors;
             return error_response(453);
         }

@@ -72,6 +72,10 @@ struct Limits {
     size_t max_connections = 1024;
     size_t max_sessions = 20000;               // sessions the server tracks in all (453 beyond)
     size_t max_sessions_per_connection = 16;   // alive sessions SETUP on one connection (453 beyond)
+    // One client address cannot take every connection slot or every stream of the engine's
+    // limit from the other viewers. Raise them for load generators behind one address.
+    size_t max_connections_per_address = 64;   // refused beyond
+    size_t max_sessions_per_address = 64;      // alive sessions streaming to one IPv4 address (453)
     size_t max_output_bytes = 64 * 1024;       // answers queued for a peer that does not read;
                                                // past this the connection's requests wait
     size_t max_read_per_wakeup = 16 * 1024;    // fairness between busy connections
@@ -83,7 +87,7 @@ struct Limits {
 
 struct Counters {
     uint64_t connections_accepted = 0;
-    uint64_t connections_refused = 0;     // over max_connections
+    uint64_t connections_refused = 0;     // over max_connections or max_connections_per_address
     uint64_t connections_timed_out = 0;   // idle, slow request, or not reading answers
     uint64_t connections_open = 0;
     uint64_t requests = 0;                // complete requests (and framed bad ones)
@@ -166,7 +170,7 @@ private:
     // on failure `status` is the answer (454, 400).
     Session* session_for(const Request& req, bool required, int& status);
     Status add_session(const std::string& id, const std::string& asset, TransportKind kind,
-                       std::string control_url, uint64_t owner);
+                       std::string control_url, uint64_t owner, uint32_t client_ip);
     void end_session(const std::string& id);
     void touch(Session& s);
     uint32_t session_timeout_seconds() const;
@@ -182,6 +186,8 @@ private:
     uint64_t next_connection_id_ = 1;
     std::unordered_map<uint64_t, std::unique_ptr<Connection>> connections_;
     std::unordered_map<std::string, std::unique_ptr<Session>> sessions_;
+    std::unordered_map<std::string, size_t> connections_per_address_;  // key: raw peer address bytes
+    std::unordered_map<uint32_t, size_t> sessions_per_address_;        // key: IPv4, network order
 };
 
 }  // namespace of::rtsp
