@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -1247,6 +1248,32 @@ TEST_F(RtspServerTest, OneAddressCannotTakeEverySlot) {
     // A session ending frees its slot.
     EXPECT_EQ(ask(a, req("TEARDOWN", base_ + "movie", n++, "Session: " + first + "\r\n")).status, 200);
     EXPECT_EQ(ask(c, req("SETUP", base_ + "movie", n++, transport)).status, 200);
+}
+
+TEST_F(RtspServerTest, OutOfDescriptorsBacksOffInsteadOfSpinning) {
+    start();
+    std::vector<std::unique_ptr<TestClient>> clients;
+    for (int i = 0; i < 3; ++i) clients.push_back(std::make_unique<TestClient>(port_));  // waiting in the backlog
+    // The limit bounds descriptor numbers: set it to the lowest free one, so none is left.
+    int lowest_free = dup(0);
+    ASSERT_GE(lowest_free, 0);
+    close(lowest_free);
+    rlimit saved{};
+    ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+    struct Restore {
+        rlimit r;
+        ~Restore() { setrlimit(RLIMIT_NOFILE, &r); }
+    } restore{saved};
+    rlimit none = saved;
+    none.rlim_cur = rlim_t(lowest_free);
+    ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &none), 0);
+    int dispatched = 0;
+    auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(300);
+    while (std::chrono::steady_clock::now() < end) dispatched += sd_event_run(loop_, 5'000) > 0;
+    EXPECT_EQ(server_->connection_count(), 0u);
+    EXPECT_LT(dispatched, 20);  // a retry every 100 ms, not a busy loop on the listen socket
+    setrlimit(RLIMIT_NOFILE, &saved);
+    for (auto& c : clients) EXPECT_EQ(ask(*c, req("OPTIONS", "*", 1)).status, 200);
 }
 
 TEST_F(RtspServerTest, PeerThatDoesNotReadIsPausedNotBuffered) {

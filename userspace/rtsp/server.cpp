@@ -141,6 +141,12 @@ Status RtspServer::start() {
     if (flags < 0 || fcntl(listen_fd_, F_SETFL, flags | O_NONBLOCK) < 0) return errno_error("O_NONBLOCK on RTSP socket");
     int r = sd_event_add_io(loop_, &listen_source_, listen_fd_, EPOLLIN, &RtspServer::on_listen, this);
     if (r < 0) return errno_error("sd_event_add_io(RTSP listen)", -r);
+    // Made now, disabled: when descriptors run out, creating it (its clock's timerfd is made on
+    // first use) could fail too, and listening would never resume.
+    r = sd_event_add_time_relative(loop_, &accept_retry_, CLOCK_MONOTONIC, kAcceptRetryUsec, 0,
+                                   &RtspServer::on_accept_retry, this);
+    if (r < 0) return errno_error("sd_event_add_time(RTSP accept retry)", -r);
+    sd_event_source_set_enabled(accept_retry_, SD_EVENT_OFF);
     return {};
 }
 
@@ -202,13 +208,8 @@ void RtspServer::accept_pending() {
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                 // Out of descriptors: the level-triggered listen event would spin; back off.
                 sd_event_source_set_enabled(listen_source_, SD_EVENT_OFF);
-                if (accept_retry_) {
-                    sd_event_source_set_time(accept_retry_, now_usec() + kAcceptRetryUsec);
-                    sd_event_source_set_enabled(accept_retry_, SD_EVENT_ONESHOT);
-                } else {
-                    sd_event_add_time_relative(loop_, &accept_retry_, CLOCK_MONOTONIC, kAcceptRetryUsec, 0,
-                                               &RtspServer::on_accept_retry, this);
-                }
+                sd_event_source_set_time(accept_retry_, now_usec() + kAcceptRetryUsec);
+                sd_event_source_set_enabled(accept_retry_, SD_EVENT_ONESHOT);
             }
             return;  // EAGAIN, or an error the next wakeup retries
         }
