@@ -100,41 +100,48 @@ void SourceCompare::step() {
         return;
     }
     error_at(rx);
-    // Ahead: packets were skipped. Prefer a position that the following packets confirm, since
-    // identical packets (null packets, repeated tables) occur more than once in a source.
-    std::optional<uint64_t> first_hit, confirmed;
+    // Three explanations, each scored by how many of the pending packets it makes fit: packets
+    // were skipped (head is a later source packet), head is extra (a repeat or a late packet: the
+    // stream goes on at cur_), or head replaced the expected packet (altered). Identical packets
+    // (null packets, repeated tables) occur many times in a source, so the score decides, not the
+    // first byte-equal packet found.
+    auto continues_at = [&](uint64_t k) {  // how many pending packets equal src[k...]
+        size_t t = 0;
+        while (t < pend_.size() && k + t < n_ && std::memcmp(src(k + t), pend_[t].data(), 188) == 0) ++t;
+        return t;
+    };
+    std::optional<uint64_t> ahead;
+    size_t ahead_score = 0;
     uint64_t hi = std::min(n_, cur_ + kLookahead);
     for (uint64_t k = cur_ + 1; k < hi; ++k) {
         if (std::memcmp(src(k), head.data(), 188) != 0) continue;
-        if (!first_hit) first_hit = k;
-        if (matches_after(k) == pend_.size()) {
-            confirmed = k;
-            break;
+        size_t sc = matches_after(k);
+        if (!ahead || sc > ahead_score) {
+            ahead = k;
+            ahead_score = sc;
         }
+        if (sc == pend_.size()) break;
     }
-    if (auto k = confirmed ? confirmed : first_hit) {
-        st_.missing += *k - cur_;
-        ++st_.matched;
-        cur_ = *k + 1;
-        st_.end_packet = cur_;
-        return;
-    }
-    // Behind: a packet received again or late.
+    bool behind = cur_ >= n_;
     uint64_t lo = cur_ > kLookahead ? cur_ - kLookahead : 0;
     lo = std::max(lo, st_.start_packet);
-    for (uint64_t k = std::min(cur_, n_); k-- > lo;) {
-        if (std::memcmp(src(k), head.data(), 188) == 0) {
-            ++st_.extra;
-            return;
-        }
+    for (uint64_t k = std::min(cur_, n_); !behind && k-- > lo;)
+        if (std::memcmp(src(k), head.data(), 188) == 0) behind = true;
+    size_t extra_score = behind ? continues_at(cur_) : 0;
+    size_t altered_score = cur_ < n_ ? matches_after(cur_) : 0;
+
+    if (ahead && ahead_score >= extra_score && ahead_score >= altered_score) {
+        st_.missing += *ahead - cur_;
+        ++st_.matched;
+        cur_ = *ahead + 1;
+        st_.end_packet = cur_;
+    } else if (behind && extra_score >= altered_score) {
+        ++st_.extra;
+    } else {
+        ++st_.mismatched;
+        ++cur_;
+        st_.end_packet = cur_;
     }
-    if (cur_ >= n_) {
-        ++st_.extra;  // more than the source holds
-        return;
-    }
-    ++st_.mismatched;  // in the place of the expected packet, but altered
-    ++cur_;
-    st_.end_packet = cur_;
 }
 
 void SourceCompare::finish() {
