@@ -630,6 +630,34 @@ TEST(VerifyCompare, MissingExtraMismatched) {
     EXPECT_TRUE(a.report().has_errors());
 }
 
+TEST(VerifyCompare, NullHeavySourceStaysAligned) {
+    // Mostly identical null packets (as a muxer pads to a constant rate): a lost or repeated
+    // datagram must not be explained by the nearest byte-equal null packet.
+    Bytes src;
+    uint8_t cc = 0;
+    for (int i = 0; i < 6000; ++i) {
+        bool null = (i * 7919) % 10 < 7;
+        Pkt k{.pid = uint16_t(null ? 0x1fff : 0x100), .cc = uint8_t(null ? 0 : cc++), .fill = uint8_t(i)};
+        auto p = ts_packet(k);
+        if (null) std::fill(p.begin() + 4, p.end(), 0xff);
+        else p[100] = uint8_t(i >> 8), p[101] = uint8_t(i);
+        src.insert(src.end(), p.begin(), p.end());
+    }
+    Analyzer a({.mode = Mode::Raw});
+    ASSERT_TRUE(a.set_source(src).ok());
+    int64_t t = kT0;
+    for (size_t i = 0; i + 7 <= 6000; i += 7) {
+        if (i == 700 || i == 707 || i == 3500) continue;
+        a.add(chunk(src, i, 7), t += kMsNs);
+        if (i == 2100) a.add(chunk(src, i, 7), t += kMsNs);
+    }
+    auto c = a.report().compare;
+    EXPECT_EQ(c.missing, 21u);
+    EXPECT_EQ(c.extra, 7u);
+    EXPECT_EQ(c.mismatched, 0u);
+    EXPECT_EQ(c.matched, 5999u - 21u);
+}
+
 TEST(VerifyCompare, ReceivedTailPastTheSourceEndIsExtra) {
     Bytes src = make_source(100);
     Analyzer a({.mode = Mode::Raw});

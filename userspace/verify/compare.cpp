@@ -105,11 +105,6 @@ void SourceCompare::step() {
     // stream goes on at cur_), or head replaced the expected packet (altered). Identical packets
     // (null packets, repeated tables) occur many times in a source, so the score decides, not the
     // first byte-equal packet found.
-    auto continues_at = [&](uint64_t k) {  // how many pending packets equal src[k...]
-        size_t t = 0;
-        while (t < pend_.size() && k + t < n_ && std::memcmp(src(k + t), pend_[t].data(), 188) == 0) ++t;
-        return t;
-    };
     std::optional<uint64_t> ahead;
     size_t ahead_score = 0;
     uint64_t hi = std::min(n_, cur_ + kLookahead);
@@ -127,20 +122,33 @@ void SourceCompare::step() {
     lo = std::max(lo, st_.start_packet);
     for (uint64_t k = std::min(cur_, n_); !behind && k-- > lo;)
         if (std::memcmp(src(k), head.data(), 188) == 0) behind = true;
-    size_t extra_score = behind ? continues_at(cur_) : 0;
+    // Extra: the stream goes on at cur_, possibly after more extras (a repeated datagram).
+    size_t extra_score = 0;
+    if (behind && cur_ < n_)
+        for (size_t skip = 0; skip < pend_.size() && extra_score == 0; ++skip) {
+            size_t t = 0;
+            while (skip + t < pend_.size() && cur_ + t < n_ &&
+                   std::memcmp(src(cur_ + t), pend_[skip + t].data(), 188) == 0)
+                ++t;
+            extra_score = t;
+        }
     size_t altered_score = cur_ < n_ ? matches_after(cur_) : 0;
 
-    if (ahead && ahead_score >= extra_score && ahead_score >= altered_score) {
+    // The explanation that makes most of what follows fit; on a tie the smallest claim of damage.
+    size_t best = std::max({behind ? extra_score : 0, ahead ? ahead_score : 0, altered_score});
+    if (behind && extra_score == best) {
+        ++st_.extra;
+    } else if (ahead && ahead_score == best) {
         st_.missing += *ahead - cur_;
         ++st_.matched;
         cur_ = *ahead + 1;
         st_.end_packet = cur_;
-    } else if (behind && extra_score >= altered_score) {
-        ++st_.extra;
-    } else {
-        ++st_.mismatched;
+    } else if (cur_ < n_) {
+        ++st_.mismatched;  // in the place of the expected packet, but altered
         ++cur_;
         st_.end_packet = cur_;
+    } else {
+        ++st_.extra;  // past the end of the source
     }
 }
 

@@ -16,7 +16,7 @@ class SourceCompare {
 public:
     static constexpr size_t kRun = 8;          // consecutive packets that must match to align
     static constexpr size_t kAlignTries = 64;  // received packets tried as the start before giving up
-    static constexpr size_t kPending = 4;      // received packets looked at together after a mismatch
+    static constexpr size_t kPending = 32;     // received packets that judge a mismatch's explanations
     static constexpr uint64_t kLookahead = 65536;  // source packets searched either way after one
 
     explicit SourceCompare(std::span<const uint8_t> source);
