@@ -53,6 +53,11 @@ def main():
     ap.add_argument("--drop", default="", help="comma-separated datagram indices not to send")
     ap.add_argument("--dup", default="", help="comma-separated datagram indices to send twice")
     ap.add_argument("--count", type=int, default=0, help="send only this many datagrams")
+    ap.add_argument("--epoch-ns", type=int, default=0,
+                    help="CLOCK_REALTIME ns of datagram 0: two senders given the same epoch send the same "
+                         "datagram at the same time (as the servers of a pair do)")
+    ap.add_argument("--join", action="store_true",
+                    help="with --epoch-ns: skip the datagrams whose time has passed (a late takeover)")
     a = ap.parse_args()
 
     host, port = a.to.rsplit(":", 1)
@@ -63,15 +68,24 @@ def main():
     dup = {int(x) for x in a.dup.split(",") if x}
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     dest = (host, int(port))
-    start = time.monotonic() + 0.05
+    if a.epoch_ns:
+        start = a.epoch_ns / 1e9
+        clock = time.time
+    else:
+        start = time.monotonic() + 0.05
+        clock = time.monotonic
     sent = 0
+    joined = False
     ndg = (n + 6) // 7
     if a.count:
         ndg = min(ndg, a.count)
     for k in range(ndg):
         payload = data[k * 7 * PKT:min(n, k * 7 + 7) * PKT]
         at = start + (k / a.rate if a.rate else sched[k * 7] / a.speed)
-        delay = at - time.monotonic()
+        delay = at - clock()
+        if a.join and not joined and delay < 0:
+            continue  # a slot already past: the other server had it
+        joined = True
         if delay > 0:
             time.sleep(delay)  # pacing to a schedule, not waiting for a condition
         if a.rtp:
