@@ -1015,7 +1015,9 @@ private:
                     if (send_garbage) {
                         resp = "this is not RTSP\r\n\r\n";
                     } else if (describe_status != 200) {
-                        resp = "RTSP/1.0 " + std::to_string(describe_status) + " Not Found\r\nCSeq: " + cseq + "\r\n\r\n";
+                        // Without CSeq and with an HTML body, as VLC 3.0 answers an unknown path.
+                        resp = "RTSP/1.0 " + std::to_string(describe_status) +
+                               " Not found\r\nContent-Length: 12\r\nContent-Type: text/html\r\n\r\n<h1>404</h1>";
                     } else {
                         std::string sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=asset\r\nt=0 0\r\na=control:*\r\n"
                                           "a=range:npt=0-60\r\nm=video 0 RTP/AVP 33\r\na=rtpmap:33 MP2T/90000\r\n"
@@ -1203,7 +1205,7 @@ TEST(VerifySession, ClearErrors) {
         auto info = run(quick(srv.url()), an);
         ASSERT_FALSE(info.ok());
         EXPECT_EQ(info.error().code, ENOENT);
-        EXPECT_NE(info.error().message.find("DESCRIBE refused: 404"), std::string::npos) << info.error().message;
+        EXPECT_NE(info.error().message.find("DESCRIBE refused: 404 Not found"), std::string::npos) << info.error().message;
     }
     {
         Responder srv;

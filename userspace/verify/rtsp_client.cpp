@@ -451,9 +451,10 @@ Result<Message> RtspClient::wait(uint32_t cseq, int timeout_ms) {
         auto msgs = pump();
         if (!msgs) return msgs.error();
         for (auto& m : *msgs) {
+            // Responses come in request order on a connection; some servers (VLC 3.0's 404) leave
+            // CSeq out, so a response without one answers the request we wait for.
             auto c = m.cseq();
-            if (!c) return proto("RTSP response without CSeq");
-            if (*c == cseq) return std::move(m);
+            if (!c || *c == cseq) return std::move(m);
             // A late answer to an earlier request (e.g. a timed-out keepalive): skip it.
         }
         if (fd_ < 0) return make_error(ECONNRESET, "RTSP server closed the connection before answering");

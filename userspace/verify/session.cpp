@@ -159,7 +159,7 @@ struct Loop {
                     continue;
                 }
                 for (const Message& m : *msgs) {
-                    if (!pending || m.cseq() != pending) continue;
+                    if (!pending || (m.cseq() && m.cseq() != pending)) continue;  // no CSeq: in order
                     pending.reset();
                     if (ok2xx(m)) continue;
                     if (m.status == 454) {
