@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -1272,6 +1273,114 @@ TEST(VerifySession, ListenModeReceivesFromAnySender) {
     auto r = an.report();
     EXPECT_EQ(r.datagrams + info->socket_drops, 100u);
     EXPECT_EQ(r.mode, Mode::Raw);
+}
+
+
+// ---- the fo-verify program: exit codes and output ----
+
+namespace program {
+
+std::string fo_verify_path() {
+    std::string p = std::string(OF_BINARY_DIR) + "/tools/fo-verify/fo-verify";
+    if (access(p.c_str(), X_OK) == 0) return p;
+    if (const char* b = std::getenv("OF_BUILD")) {  // tests/check builds the tools in the main build
+        p = std::string(b) + "/tools/fo-verify/fo-verify";
+        if (access(p.c_str(), X_OK) == 0) return p;
+    }
+    return "";
+}
+
+struct Ran {
+    int rc;
+    std::string out;
+};
+Ran run_cmd(const std::string& cmd) {
+    Ran r{-1, ""};
+    FILE* f = popen((cmd + " 2>/dev/null").c_str(), "r");
+    if (!f) return r;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) r.out.append(buf, n);
+    int st = pclose(f);
+    r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return r;
+}
+
+// Sends `count` datagrams of a clean stream (skipping index `skip`) to a port once it is bound.
+void send_stream(uint16_t port, int count, int skip) {
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_port = htons(port);
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    Stream ts;
+    for (int i = 0; i < count; ++i) {
+        Bytes d = rtp(uint16_t(i), ts.next_datagram());
+        if (i != skip) sendto(s, d.data(), d.size(), 0, reinterpret_cast<sockaddr*>(&to), sizeof to);
+    }
+    close(s);
+}
+
+// A free UDP port: bind port 0, read it, close (fo-verify binds it right after).
+uint16_t free_udp_port() {
+    auto r = UdpReceiver::open(0);
+    return r ? r->port() : 0;
+}
+
+// Whether some socket is bound to the UDP port (read from /proc/net/udp, without binding it).
+bool udp_port_bound(uint16_t port) {
+    FILE* f = std::fopen("/proc/net/udp", "r");
+    if (!f) return false;
+    char line[512], want[16];
+    std::snprintf(want, sizeof want, ":%04X ", unsigned(port));
+    bool found = false;
+    while (!found && std::fgets(line, sizeof line, f)) {
+        char* local = std::strchr(line, ':');  // after "sl:", the local address comes first
+        if (local && std::strstr(local + 1, want) == std::strchr(local + 1, ':')) found = true;
+    }
+    std::fclose(f);
+    return found;
+}
+
+}  // namespace program
+
+TEST(VerifyProgram, UsageErrorsExitTwoAndHelpExitsZero) {
+    std::string fv = program::fo_verify_path();
+    if (fv.empty()) GTEST_SKIP() << "fo-verify is not built in this build directory (nor in $OF_BUILD)";
+    EXPECT_EQ(program::run_cmd(fv + " --help").rc, 0);
+    EXPECT_EQ(program::run_cmd(fv).rc, 2);                                    // neither URL nor --listen
+    EXPECT_EQ(program::run_cmd(fv + " rtsp://h/a --listen 5000").rc, 2);     // both
+    EXPECT_EQ(program::run_cmd(fv + " http://h/a").rc, 2);
+    EXPECT_EQ(program::run_cmd(fv + " rtsp://h/a --transport tcp").rc, 2);
+    EXPECT_EQ(program::run_cmd(fv + " --listen 70000").rc, 2);
+    EXPECT_EQ(program::run_cmd(fv + " --listen 0 --compare /nonexistent.ts").rc, 2);
+    auto refused = program::run_cmd(fv + " --json --timeout 500 rtsp://127.0.0.1:1/x");
+    EXPECT_EQ(refused.rc, 2);
+    EXPECT_EQ(refused.out, "{\"ok\":false,\"error\":\"connect to 127.0.0.1:1: Connection refused\"}\n");
+}
+
+TEST(VerifyProgram, FailOnLossExitCodes) {
+    std::string fv = program::fo_verify_path();
+    if (fv.empty()) GTEST_SKIP() << "fo-verify is not built in this build directory (nor in $OF_BUILD)";
+    for (int skip : {-1, 40}) {
+        uint16_t port = program::free_udp_port();
+        ASSERT_NE(port, 0);
+        std::thread tx([&] {
+            int64_t deadline = of::monotonic_ns() + 10'000 * kMsNs;
+            while (!program::udp_port_bound(port) && of::monotonic_ns() < deadline) std::this_thread::yield();
+            program::send_stream(port, 100, skip);
+        });
+        auto r = program::run_cmd(fv + " --listen " + std::to_string(port) +
+                                  " --json --fail-on-loss --idle-timeout 0.5 --wait-first 10");
+        tx.join();
+        if (skip < 0) {
+            EXPECT_EQ(r.rc, 0) << r.out;
+            EXPECT_NE(r.out.find("\"ok\":true"), std::string::npos) << r.out;
+        } else {
+            EXPECT_EQ(r.rc, 1) << r.out;
+            EXPECT_NE(r.out.find("\"lost\":1,"), std::string::npos) << r.out;
+        }
+    }
 }
 
 }  // namespace

@@ -24,8 +24,13 @@ namespace {
 volatile std::sig_atomic_t g_stop = 0;
 void on_signal(int) { g_stop = 1; }
 
+bool g_json = false;
+
+// Usage, connection and RTSP errors: exit 2; with --json also one object on stdout, so that a
+// script parsing the output always gets JSON.
 int fail(const std::string& msg) {
     std::fprintf(stderr, "fo-verify: %s\n", msg.c_str());
+    if (g_json) std::printf("{\"ok\":false,\"error\":%s}\n", of::verify::json_quote(msg).c_str());
     return 2;
 }
 
@@ -107,6 +112,7 @@ int main(int argc, char** argv) {
         int rc = app.exit(e);
         return rc == 0 ? 0 : 2;
     }
+    g_json = json;
     if (url_s.empty() == !listen_opt->count())
         return fail("give either an RTSP URL or --listen PORT (see --help)");
 
