@@ -76,7 +76,7 @@ Bytes ts_packet(const Pkt& k) {
 }
 
 Bytes rtp(uint16_t seq, const Bytes& payload, uint32_t ssrc = 0x11223344, uint8_t version = 2) {
-    Bytes d(12);
+    Bytes d(12 + payload.size());  // sized up front: gcc 12 -O2 misreads insert() at end()
     d[0] = uint8_t(version << 6);
     d[1] = 33;
     d[2] = uint8_t(seq >> 8);
@@ -85,7 +85,7 @@ Bytes rtp(uint16_t seq, const Bytes& payload, uint32_t ssrc = 0x11223344, uint8_
     d[9] = uint8_t(ssrc >> 16);
     d[10] = uint8_t(ssrc >> 8);
     d[11] = uint8_t(ssrc);
-    d.insert(d.end(), payload.begin(), payload.end());
+    std::copy(payload.begin(), payload.end(), d.begin() + 12);
     return d;
 }
 
@@ -1097,7 +1097,7 @@ RunOptions quick(const std::string& url) {
 TEST(VerifySession, FullRtpSessionWithKeepaliveAndTeardown) {
     Responder srv;
     srv.datagrams = 150;  // 1.5 s: the 2 s session timeout asks for a keepalive each second
-    srv.skip_seqs = {520, 521};
+    for (uint16_t q = 520; q < 540; ++q) srv.skip_seqs.push_back(q);  // 200 ms: more than any load hiccup
     srv.start();
     RunOptions o = quick(srv.url());
     o.start_npt = 12.5;
@@ -1130,13 +1130,14 @@ TEST(VerifySession, FullRtpSessionWithKeepaliveAndTeardown) {
     EXPECT_EQ(info->end_reason, "idle");
     auto r = an.report();
     EXPECT_EQ(r.mode, Mode::Rtp);
-    EXPECT_EQ(r.datagrams, 148u);
-    EXPECT_EQ(r.rtp.lost, 2u);
+    EXPECT_EQ(r.datagrams, 130u);
+    EXPECT_EQ(r.rtp.lost, 20u);
     EXPECT_EQ(r.rtp.first_seq, 500);
-    EXPECT_EQ(r.ts.cc_errors, 1u);  // 14 TS packets missing in one place
+    EXPECT_EQ(r.ts.cc_errors, 1u);  // 140 TS packets missing in one place
     ASSERT_TRUE(r.largest_gap);
-    EXPECT_EQ(*r.largest_gap->seq, 522);
-    EXPECT_GT(r.largest_gap->ms, 20.0);
+    EXPECT_EQ(*r.largest_gap->seq, 540);
+    EXPECT_EQ(*r.largest_gap->prev_seq, 519);
+    EXPECT_GT(r.largest_gap->ms, 150.0);
     EXPECT_FALSE(events.empty());
 }
 
@@ -1243,7 +1244,7 @@ TEST(VerifySession, ClearErrors) {
 TEST(VerifySession, ListenModeReceivesFromAnySender) {
     RunOptions o;
     o.listen_port = 0;
-    o.idle_timeout_s = 0.5;
+    o.idle_timeout_s = 1.5;
     o.first_timeout_s = 5;
     Analyzer an;
     std::atomic<uint16_t> port{0};
@@ -1371,7 +1372,7 @@ TEST(VerifyProgram, FailOnLossExitCodes) {
             program::send_stream(port, 100, skip);
         });
         auto r = program::run_cmd(fv + " --listen " + std::to_string(port) +
-                                  " --json --fail-on-loss --idle-timeout 0.5 --wait-first 10");
+                                  " --json --fail-on-loss --idle-timeout 2 --wait-first 10");
         tx.join();
         if (skip < 0) {
             EXPECT_EQ(r.rc, 0) << r.out;

@@ -65,7 +65,9 @@ struct Loop {
         const int64_t end = opt.duration_s > 0 ? start + seconds_ns(opt.duration_s) : INT64_MAX;
         int64_t last_rx = 0;  // monotonic time of the last datagram, 0 before the first
         int64_t next_keepalive = start + int64_t(keepalive_interval_s) * 1'000'000'000;
-        std::optional<uint32_t> pending;
+        // The keepalive awaiting its answer (plain fields: gcc -O2 misjudges an optional here).
+        bool pending = false;
+        uint32_t pending_cseq = 0;
         int64_t pending_deadline = 0;
         bool bye = false;
 
@@ -114,7 +116,7 @@ struct Loop {
                 if (pending && now >= pending_deadline) {
                     ++info.keepalive_failures;
                     event(opt, "keepalive: no response within the timeout");
-                    pending.reset();
+                    pending = false;
                 }
                 if (!pending && now >= next_keepalive) {
                     auto c = rtsp->send(use_options ? "OPTIONS" : "GET_PARAMETER", keepalive_url);
@@ -123,7 +125,8 @@ struct Loop {
                         ++info.keepalive_failures;
                         event(opt, "keepalive: " + c.error().message);
                     } else {
-                        pending = *c;
+                        pending = true;
+                        pending_cseq = *c;
                         pending_deadline = now + int64_t(opt.rtsp.response_timeout_ms) * kMs;
                     }
                     next_keepalive = now + int64_t(keepalive_interval_s) * 1'000'000'000;
@@ -155,12 +158,13 @@ struct Loop {
                     // A garbled keepalive answer does not end the measurement.
                     event(opt, "RTSP connection: " + msgs.error().message);
                     ++info.keepalive_failures;
-                    pending.reset();
+                    pending = false;
                     continue;
                 }
                 for (const Message& m : *msgs) {
-                    if (!pending || (m.cseq() && m.cseq() != pending)) continue;  // no CSeq: in order
-                    pending.reset();
+                    auto c = m.cseq();
+                    if (!pending || (c && *c != pending_cseq)) continue;  // no CSeq: in order
+                    pending = false;
                     if (ok2xx(m)) continue;
                     if (m.status == 454) {
                         ++info.keepalive_failures;
