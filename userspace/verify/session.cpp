@@ -1,0 +1,293 @@
+#include "verify/session.h"
+
+#include <arpa/inet.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include "common/clock.h"
+#include "verify/receiver.h"
+
+namespace of::verify {
+
+namespace {
+
+constexpr int64_t kMs = 1'000'000;
+
+int64_t seconds_ns(double s) { return int64_t(std::llround(s * 1e9)); }
+
+void event(const RunOptions& o, const std::string& s) {
+    if (o.on_event) o.on_event(s);
+}
+
+bool ok2xx(const Message& m) { return m.status >= 200 && m.status < 300; }
+
+Error refused(const std::string& step, const Message& m) {
+    int code = m.status == 404 ? ENOENT
+             : m.status == 453 ? ENOSPC
+             : m.status == 454 ? ESRCH
+             : m.status == 461 ? ENOTSUP
+             : m.status == 457 ? ERANGE
+                               : ECONNREFUSED;
+    return make_error(code, "RTSP " + step + " refused: " + status_text(m));
+}
+
+// An RTCP compound packet containing a BYE (PT 203), checked within the bytes received.
+bool rtcp_bye(std::span<const uint8_t> d) {
+    size_t off = 0;
+    while (off + 4 <= d.size()) {
+        if ((d[off] >> 6) != 2) return false;
+        if (d[off + 1] == 203) return true;
+        size_t len = (size_t(d[off + 2]) << 8 | d[off + 3]) * 4 + 4;
+        off += len;
+    }
+    return false;
+}
+
+// The receive loop shared by both modes.
+struct Loop {
+    const RunOptions& opt;
+    Analyzer& an;
+    RunInfo& info;
+    UdpReceiver& rtp;
+    UdpReceiver* rtcp = nullptr;
+    RtspClient* rtsp = nullptr;
+    std::optional<in_addr_t> server_ip;
+    int keepalive_interval_s = 30;
+    std::string keepalive_url;
+    bool use_options = false;  // the server refused GET_PARAMETER: keep alive with OPTIONS
+
+    Status run() {
+        const int64_t start = monotonic_ns();
+        const int64_t end = opt.duration_s > 0 ? start + seconds_ns(opt.duration_s) : INT64_MAX;
+        int64_t last_rx = 0;  // monotonic time of the last datagram, 0 before the first
+        int64_t next_keepalive = start + int64_t(keepalive_interval_s) * 1'000'000'000;
+        // The keepalive awaiting its answer (plain fields: gcc -O2 misjudges an optional here).
+        bool pending = false;
+        uint32_t pending_cseq = 0;
+        int64_t pending_deadline = 0;
+        bool bye = false;
+
+        auto sink = [&](std::span<const uint8_t> d, int64_t ts, const sockaddr_in& from) {
+            if (server_ip && from.sin_addr.s_addr != *server_ip) {
+                ++info.foreign;
+                return;
+            }
+            an.add(d, ts);
+            if (opt.on_payload) {
+                auto p = an.last_ts_payload();
+                if (!p.empty()) opt.on_payload(p);
+            }
+        };
+
+        for (;;) {
+            if (opt.stop && *opt.stop) {
+                info.end_reason = "signal";
+                break;
+            }
+            uint64_t got_before = an.datagrams();
+            size_t room = opt.max_datagrams ? size_t(opt.max_datagrams - got_before) : SIZE_MAX;
+            auto n = rtp.receive(sink, room);
+            if (!n) return n.error();
+            int64_t now = monotonic_ns();
+            if (an.datagrams() > got_before) last_rx = now;
+            if (opt.max_datagrams && an.datagrams() >= opt.max_datagrams) {
+                info.end_reason = "packets";
+                break;
+            }
+            if (bye) {
+                info.end_reason = "rtcp-bye";
+                break;
+            }
+            if (now >= end) {
+                info.end_reason = "duration";
+                break;
+            }
+            int64_t idle_deadline = last_rx ? last_rx + seconds_ns(opt.idle_timeout_s)
+                                            : start + seconds_ns(opt.first_timeout_s);
+            if (now >= idle_deadline) {
+                info.end_reason = last_rx ? "idle" : "nothing-received";
+                break;
+            }
+            if (rtsp) {
+                if (pending && now >= pending_deadline) {
+                    ++info.keepalive_failures;
+                    event(opt, "keepalive: no response within the timeout");
+                    pending = false;
+                }
+                if (!pending && now >= next_keepalive) {
+                    auto c = rtsp->send(use_options ? "OPTIONS" : "GET_PARAMETER", keepalive_url);
+                    ++info.keepalives;
+                    if (!c) {
+                        ++info.keepalive_failures;
+                        event(opt, "keepalive: " + c.error().message);
+                    } else {
+                        pending = true;
+                        pending_cseq = *c;
+                        pending_deadline = now + int64_t(opt.rtsp.response_timeout_ms) * kMs;
+                    }
+                    next_keepalive = now + int64_t(keepalive_interval_s) * 1'000'000'000;
+                }
+            }
+
+            int64_t wake = std::min({end, idle_deadline, now + 250 * kMs});
+            if (rtsp) wake = std::min(wake, pending ? pending_deadline : next_keepalive);
+            pollfd fds[3];
+            nfds_t nf = 0;
+            fds[nf++] = {rtp.fd(), POLLIN, 0};
+            int rtcp_i = -1, rtsp_i = -1;
+            if (rtcp) { rtcp_i = int(nf); fds[nf++] = {rtcp->fd(), POLLIN, 0}; }
+            if (rtsp && rtsp->connected()) { rtsp_i = int(nf); fds[nf++] = {rtsp->fd(), POLLIN, 0}; }
+            int timeout = int(std::max<int64_t>(0, (wake - now + kMs - 1) / kMs));
+            int rc = ::poll(fds, nf, timeout);
+            if (rc < 0 && errno != EINTR) return errno_error("poll");
+            if (rc <= 0) continue;
+            if (rtcp_i >= 0 && (fds[rtcp_i].revents & POLLIN)) {
+                auto r = rtcp->receive([&](std::span<const uint8_t> d, int64_t, const sockaddr_in& from) {
+                    if (server_ip && from.sin_addr.s_addr != *server_ip) return;
+                    if (rtcp_bye(d)) bye = true;
+                });
+                if (!r) return r.error();
+            }
+            if (rtsp_i >= 0 && (fds[rtsp_i].revents & (POLLIN | POLLHUP | POLLERR))) {
+                auto msgs = rtsp->pump();
+                if (!msgs) {
+                    // A garbled keepalive answer does not end the measurement.
+                    event(opt, "RTSP connection: " + msgs.error().message);
+                    ++info.keepalive_failures;
+                    pending = false;
+                    continue;
+                }
+                for (const Message& m : *msgs) {
+                    auto c = m.cseq();
+                    if (!pending || (c && *c != pending_cseq)) continue;  // no CSeq: in order
+                    pending = false;
+                    if (ok2xx(m)) continue;
+                    if (m.status == 454) {
+                        ++info.keepalive_failures;
+                        event(opt, "keepalive: server lost the session (" + status_text(m) + ")");
+                    } else if (!use_options) {
+                        use_options = true;  // e.g. 501/405: alive, but wants another method
+                        event(opt, "keepalive: GET_PARAMETER answered " + status_text(m) + ", using OPTIONS");
+                    }
+                }
+            }
+        }
+        // Drain what already arrived (up to the packet limit) so that a stop misses nothing queued.
+        if (info.end_reason != "packets") {
+            uint64_t have = an.datagrams();
+            size_t room = opt.max_datagrams ? size_t(opt.max_datagrams - have) : SIZE_MAX;
+            if (room > 0) {
+                auto n = rtp.receive(sink, room);
+                if (!n) return n.error();
+            }
+        }
+        return {};
+    }
+};
+
+}  // namespace
+
+Result<RunInfo> run(const RunOptions& opt, Analyzer& an) {
+    RunInfo info;
+    if (opt.listen_port) {
+        auto rx = UdpReceiver::open(*opt.listen_port, opt.rcvbuf);
+        if (!rx) return rx.error();
+        info.transport = "listen";
+        info.port = rx->port();
+        event(opt, "listening on UDP port " + std::to_string(rx->port()));
+        Loop loop{opt, an, info, *rx};
+        if (auto st = loop.run(); !st) return st.error();
+        info.socket_drops = rx->drops();
+        info.truncated = rx->truncated();
+        return info;
+    }
+    if (!opt.url) return make_error(EINVAL, "neither an RTSP URL nor a listen port given");
+    const Url& url = *opt.url;
+    info.rtsp = true;
+    info.url = url.text;
+    info.transport = opt.transport == Transport::Rtp ? "rtp" : "raw";
+
+    auto client = RtspClient::connect(url, opt.rtsp);
+    if (!client) return client.error();
+    RtspClient& c = *client;
+
+    auto opts = c.request("OPTIONS", url.text);
+    if (!opts) return opts.error();
+    event(opt, "OPTIONS: " + status_text(*opts));
+    if (!ok2xx(*opts)) return refused("OPTIONS", *opts);
+
+    auto desc = c.request("DESCRIBE", url.text, {{"Accept", "application/sdp"}});
+    if (!desc) return desc.error();
+    event(opt, "DESCRIBE: " + status_text(*desc));
+    if (!ok2xx(*desc)) return refused("DESCRIBE", *desc);
+    const std::string* base = desc->header("Content-Base");
+    std::string setup_uri = setup_url(url.text, base, desc->body);
+    std::string aggregate = base && !base->empty() ? *base : url.text;
+
+    auto ports = UdpReceiver::open_pair(opt.client_port, opt.rcvbuf);
+    if (!ports) return ports.error();
+    UdpReceiver& rtp = ports->first;
+    UdpReceiver& rtcp = ports->second;
+    info.port = rtp.port();
+    std::string pp = std::to_string(rtp.port()) + "-" + std::to_string(rtcp.port());
+    std::string transport = opt.transport == Transport::Rtp ? "RTP/AVP;unicast;client_port=" + pp
+                                                            : "RAW/RAW/UDP;unicast;client_port=" + pp;
+    auto setup = c.request("SETUP", setup_uri, {{"Transport", transport}});
+    if (!setup) return setup.error();
+    event(opt, "SETUP " + setup_uri + " (" + transport + "): " + status_text(*setup));
+    if (!ok2xx(*setup)) return refused("SETUP", *setup);
+    const std::string* sess_h = setup->header("Session");
+    if (!sess_h) return make_error(EPROTO, "RTSP SETUP: the response has no Session header");
+    auto sess = parse_session(*sess_h);
+    if (!sess) return make_error(EPROTO, "RTSP SETUP: " + sess.error().message);
+    c.set_session(sess->id);
+
+    Status played = [&]() -> Status {
+        std::optional<in_addr_t> server_ip;
+        sockaddr_in peer{};
+        socklen_t plen = sizeof peer;
+        if (getpeername(c.fd(), reinterpret_cast<sockaddr*>(&peer), &plen) == 0) server_ip = peer.sin_addr.s_addr;
+        if (const std::string* tr = setup->header("Transport")) {
+            auto t = parse_transport(*tr);
+            if (!t) return make_error(EPROTO, "RTSP SETUP: " + t.error().message);
+            if (t->client_port && t->client_port->rtp != rtp.port())
+                return make_error(EPROTO, "RTSP SETUP: server moved client_port to " + std::to_string(t->client_port->rtp) +
+                                              " (we listen on " + std::to_string(rtp.port()) + ")");
+            if (t->source) {
+                in_addr a{};
+                if (inet_pton(AF_INET, t->source->c_str(), &a) == 1) server_ip = a.s_addr;
+            }
+        }
+
+        Headers play_h;
+        if (opt.start_npt) {
+            char b[64];
+            std::snprintf(b, sizeof b, "npt=%.3f-", *opt.start_npt);
+            play_h.emplace_back("Range", b);
+        }
+        auto play = c.request("PLAY", aggregate, play_h);
+        if (!play) return play.error();
+        event(opt, "PLAY: " + status_text(*play) + (play->header("Range") ? " Range: " + *play->header("Range") : ""));
+        if (!ok2xx(*play)) return refused("PLAY", *play);
+
+        Loop loop{opt, an, info, rtp, &rtcp, &c, server_ip};
+        loop.keepalive_interval_s = std::max(1, sess->timeout_s / 2);
+        loop.keepalive_url = aggregate;
+        auto st = loop.run();
+        info.socket_drops = rtp.drops();
+        info.truncated = rtp.truncated();
+        return st;
+    }();
+    // Whatever happened after SETUP, the server is told to stop.
+    auto td = c.request("TEARDOWN", aggregate);
+    info.teardown_ok = td && ok2xx(*td);
+    event(opt, "TEARDOWN: " + (td ? status_text(*td) : td.error().message));
+    if (!played) return played.error();
+    return info;
+}
+
+}  // namespace of::verify
