@@ -35,6 +35,7 @@ struct Config {
     // RTSP
     uint32_t session_timeout_s = 60;
     uint32_t rtsp_max_connections = 1024;
+    uint32_t rtsp_max_per_client = 64;      // connections and sessions per client IPv4 address
     // Control plane
     std::string dbus_address = "system";    // "system" or a D-Bus address (tests use a private bus)
     std::string failover_backend = "auto";  // auto | kernel | userspace | none

@@ -160,6 +160,8 @@ Status Daemon::start() {
 
     rtsp::Limits lim;
     lim.max_connections = config_.rtsp_max_connections;
+    lim.max_connections_per_address = config_.rtsp_max_per_client;
+    lim.max_sessions_per_address = config_.rtsp_max_per_client;
     lim.max_sessions = config_.mpeg_stream_count_limit * 2;
     lim.session_timeout_usec = uint64_t(config_.session_timeout_s) * 1'000'000;
     sockaddr_in la{};
