@@ -92,3 +92,83 @@ jq_check() {  # jq_check DESCRIPTION FILE JQ-EXPRESSION (must be true)
   if [ "$(jq -r "$expr" "$file")" = "true" ]; then say "ok: $what"
   else say "FAIL: $what ($expr)"; jq -c . "$file" | head -c 3000; echo; exit 1; fi
 }
+
+# ---- failover pair -------------------------------------------------------------------------
+# pair_up ASSET: srv1 primary and srv2 secondary with a shared key, the asset ingested on both,
+# the secondary synchronized and streaming: Primary / Secondary.
+pair_up() {
+  local asset=$1
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/peer.key"
+  local common=("peer_key_file = $WORK/peer.key" "failover_heartbeat_freq_ms = ${PAIR_HB_MS:-5}"
+                "max_missed_heartbeats = ${PAIR_MISSED:-3}" "streamer_rt_priority = ${PAIR_STREAM_RT:-40}")
+  lab_server srv1 "${common[@]}" "failover_role = primary" "admin_ip = 10.77.0.11" \
+    "partner_private_ip = 10.78.0.2" "partner_admin_ip = 10.77.0.12"
+  lab_server srv2 "${common[@]}" "failover_role = secondary" "admin_ip = 10.77.0.12" \
+    "partner_private_ip = 10.78.0.1" "partner_admin_ip = 10.77.0.11"
+  foctl_on srv1 asset add "$asset" --name "$(basename "$asset")" >/dev/null
+  foctl_on srv2 asset add "$asset" --name "$(basename "$asset")" >/dev/null
+  foctl_on srv2 failover-sync >/dev/null || fail "failover-sync on srv2"
+  foctl_on srv2 start-streaming >/dev/null || fail "start-streaming on srv2"
+  pair_wait srv1 Primary && pair_wait srv2 Secondary || fail "the pair did not reach Primary/Secondary"
+}
+
+state_of() { foctl_on "$1" --json status 2>/dev/null | jq -r .failover_state; }
+
+pair_wait() {  # pair_wait NODE STATE [tries of 50 ms]
+  local i
+  for i in $(seq 1 "${3:-100}"); do
+    [ "$(state_of "$1")" = "$2" ] && return 0
+    sleep 0.05  # poll the state, bounded by the loop
+  done
+  say "$1 is $(state_of "$1"), not $2"; return 1
+}
+
+# pair_fault FAULT ASSET RESULT_JSON: a viewer (fo-verify, cli1) and ffmpeg (cli2) play ASSET
+# through the pair; FAULT hits srv1 after FAULT_AT seconds; writes one JSON line of results.
+pair_fault() {
+  local fault=$1 asset=$2 out=$3 name; name=$(basename "$asset")
+  local url=rtsp://$STREAM_IP:554/$name
+  "$LAB" exec cli1 -- "$VERIFY" "$url" --compare "$asset" --json >"$WORK/v-$fault.json" 2>"$WORK/v-$fault.err" &
+  local vpid=$!
+  local ffpid=""
+  if [ -z "${NO_FFMPEG:-}" ]; then
+    "$LAB" exec cli2 -- ffmpeg -nostdin -hide_banner -loglevel debug -rtsp_transport udp -i "$url" \
+      -map 0 -c copy -f mpegts -y "$WORK/ff-$fault.ts" >"$WORK/ff-$fault.log" 2>&1 &
+    ffpid=$!
+  fi
+  sleep "${FAULT_AT:-3}"  # let the stream run before the fault
+  local line
+  case $fault in
+    kill) line=$("$LAB" fault kill srv1 oneframed) ;;
+    hang) line=$("$LAB" fault hang srv1 oneframed) ;;
+    stream-down) line=$("$LAB" fault stream-down srv1) ;;
+    private-down) line=$("$LAB" fault private-down srv1) ;;
+    dark) line=$("$LAB" fault dark srv1) ;;
+    *) fail "unknown fault $fault" ;;
+  esac
+  local at_ns; at_ns=$(sed -n 's/.*at_ns=\([0-9]*\).*/\1/p' <<<"$line")
+  wait $vpid || true
+  [ -n "$ffpid" ] && { wait "$ffpid" || true; }
+  [ "$fault" = hang ] && "$LAB" fault resume srv1 oneframed >/dev/null
+  local s2; s2=$(foctl_on srv2 --json status)
+  local missed=0 ccfail=0
+  if [ -z "${NO_FFMPEG:-}" ]; then
+    missed=$(grep -c 'RTP: missed' "$WORK/ff-$fault.log" || true)
+    ccfail=$(grep -c 'Continuity check failed' "$WORK/ff-$fault.log" || true)
+  fi
+  jq -c --argjson at "$at_ns" --argjson s2 "$s2" --arg fault "$fault" \
+     --argjson ffmissed "$missed" --argjson ffcc "$ccfail" '{
+      fault: $fault,
+      gap_ms: .timing.largest_gap.ms, nominal_ms: .timing.median_interval_ms,
+      gap_beyond_ms: (.timing.largest_gap.ms - .timing.median_interval_ms),
+      gap_spans_fault: (.timing.largest_gap.prev_ns <= $at and $at <= .timing.largest_gap.at_ns),
+      lost: .rtp.lost, duplicated: .rtp.duplicated, reordered: .rtp.reordered, cc_errors: .ts.cc_errors,
+      in_order_complete: .compare.in_order_complete, datagrams: .datagrams,
+      ffmpeg_rtp_missed: $ffmissed, ffmpeg_cc_failed: $ffcc,
+      takeover: ($s2.takeovers > 0), srv2_state: $s2.failover_state,
+      takeover_cause: $s2.last_takeover_cause,
+      detection_ms: (if $s2.takeovers > 0 then (($s2.last_detection_ns - $at) / 1e6) else null end),
+      flip_ms: (if $s2.takeovers > 0 then (($s2.last_takeover_ns - $at) / 1e6) else null end),
+      resumed_from_hub: $s2.sessions_resumed_from_hub, resumed_from_heartbeat: $s2.sessions_resumed_from_heartbeat
+    }' "$WORK/v-$fault.json" >"$out"
+}

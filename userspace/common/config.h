@@ -47,6 +47,7 @@ struct Config {
     bool autostart = true;                     // start_streaming at start-up (standalone, primary)
     std::string peer_key_file;                 // hex HMAC key shared by the pair
     uint16_t peer_port = 7400;
+    in_addr admin_ip{};                        // ours on the stream LAN (second heartbeat path)
     in_addr partner_private_ip{};              // 0 = none
     in_addr partner_admin_ip{};                // 0 = none
     uint32_t failover_rt_priority = 50;        // SCHED_FIFO for the heartbeat thread; 0 = normal

@@ -133,6 +133,7 @@ Status Daemon::start() {
     fo.peer_port = config_.peer_port;
     if (config_.partner_private_ip.s_addr) fo.partner_private = config_.partner_private_ip;
     if (config_.partner_admin_ip.s_addr) fo.partner_admin = config_.partner_admin_ip;
+    if (config_.admin_ip.s_addr) fo.admin_ip = config_.admin_ip;
     if (!config_.peer_key_file.empty()) {
         auto key = failover::load_key_file(config_.peer_key_file);
         if (!key) return key.error();

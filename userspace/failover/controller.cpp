@@ -44,7 +44,7 @@ constexpr int64_t kPrebuiltRefreshNs = 500'000'000;        // stays well inside 
 constexpr int64_t kSyncTimeoutNs = 2'000'000'000;
 constexpr int64_t kTakeoverHoldNs = 1'000'000;             // backlog waits for the open gate
 
-std::string ip_text(in_addr a) {
+[[maybe_unused]] std::string ip_text(in_addr a) {
     char b[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &a, b, sizeof b);
     return b;
@@ -60,7 +60,8 @@ struct Controller::Impl {
     gate::Gate* gate;
     fo::Backend* backend;
 
-    int sock = -1;
+    int sock = -1;      // private path (and any address)
+    int lan_sock = -1;  // bound to our admin IP: LAN-path messages never leave from the stream IP
     int wake_fd = -1;
     std::thread thread;
     std::atomic<bool> stop{false};
@@ -115,7 +116,8 @@ struct Controller::Impl {
         a.sin_family = AF_INET;
         a.sin_addr = *to;
         a.sin_port = htons(opts.peer_port);
-        if (sendto(sock, wire->data(), wire->size(), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0)
+        int fd = (p == Path::kLan && lan_sock >= 0) ? lan_sock : sock;
+        if (sendto(fd, wire->data(), wire->size(), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0)
             ++send_errors;
         else
             ++sent;
@@ -176,15 +178,17 @@ struct Controller::Impl {
         while (!stop.load()) {
             int64_t now = monotonic_ns();
             int64_t wait = std::max<int64_t>(0, next_tick - now);
-            pollfd fds[3] = {{sock, POLLIN, 0}, {wake_fd, POLLIN, 0}, {backend ? backend->notify_fd() : -1, POLLIN, 0}};
+            pollfd fds[4] = {{sock, POLLIN, 0}, {wake_fd, POLLIN, 0}, {lan_sock, POLLIN, 0},
+                             {backend ? backend->notify_fd() : -1, POLLIN, 0}};
             timespec ts = ns_to_timespec(wait);
-            int n = ppoll(fds, backend && backend->notify_fd() >= 0 ? 3 : 2, &ts, nullptr);
+            int n = ppoll(fds, 4, &ts, nullptr);  // negative fds are ignored
             if (n > 0 && (fds[1].revents & POLLIN)) {
                 uint64_t v;
                 (void)!read(wake_fd, &v, sizeof v);
             }
-            if (n > 0 && (fds[0].revents & POLLIN)) receive_all();
-            if (n > 0 && backend && (fds[2].revents & POLLIN)) (void)backend->dispatch();
+            if (n > 0 && (fds[0].revents & POLLIN)) receive_all(sock);
+            if (n > 0 && (fds[2].revents & POLLIN)) receive_all(lan_sock);
+            if (n > 0 && (fds[3].revents & POLLIN)) (void)backend->dispatch();
             now = monotonic_ns();
             if (now >= next_tick) {
                 tick(now);
@@ -194,12 +198,12 @@ struct Controller::Impl {
         }
     }
 
-    void receive_all() {
+    void receive_all(int fd) {
         uint8_t buf[kPeerMaxDatagram + 1];
         for (;;) {
             sockaddr_in from{};
             socklen_t fl = sizeof from;
-            ssize_t n = recvfrom(sock, buf, sizeof buf, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from), &fl);
+            ssize_t n = recvfrom(fd, buf, sizeof buf, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from), &fl);
             if (n < 0) return;
             handle_datagram(std::span<const uint8_t>(buf, size_t(n)), from);
         }
@@ -454,6 +458,7 @@ Controller::~Controller() {
     (void)!write(impl_->wake_fd, &one, sizeof one);
     if (impl_->thread.joinable()) impl_->thread.join();
     if (impl_->sock >= 0) close(impl_->sock);
+    if (impl_->lan_sock >= 0) close(impl_->lan_sock);
     if (impl_->wake_fd >= 0) close(impl_->wake_fd);
 }
 
@@ -477,6 +482,16 @@ Result<std::unique_ptr<Controller>> Controller::create(ControllerOptions options
     a.sin_port = htons(impl->opts.peer_port);
     if (bind(impl->sock, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0)
         return errno_error("peer socket: bind port " + std::to_string(impl->opts.peer_port));
+    if (impl->opts.admin_ip) {
+        impl->lan_sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (impl->lan_sock < 0) return errno_error("peer socket (stream LAN)");
+        setsockopt(impl->lan_sock, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        setsockopt(impl->lan_sock, SOL_SOCKET, SO_PRIORITY, &prio, sizeof prio);
+        sockaddr_in la = a;
+        la.sin_addr = *impl->opts.admin_ip;
+        if (bind(impl->lan_sock, reinterpret_cast<sockaddr*>(&la), sizeof la) < 0)
+            return errno_error("peer socket: bind admin address " + ip_text(*impl->opts.admin_ip));
+    }
     impl->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (impl->wake_fd < 0) return errno_error("eventfd");
 

@@ -61,6 +61,7 @@ struct ControllerOptions {
     uint16_t peer_port = 7400;
     std::optional<in_addr> partner_private;  // the partner over the private link
     std::optional<in_addr> partner_admin;    // the partner's admin IP on the stream LAN
+    std::optional<in_addr> admin_ip;         // ours: LAN-path messages leave from it
     std::vector<uint8_t> key;                // shared HMAC key, 16..64 bytes
     int rt_priority = 0;                     // SCHED_FIFO for the controller thread; 0 = normal
     std::string stream_interface;            // watched for link loss ([0095])
