@@ -418,22 +418,20 @@ struct Controller::Impl {
         int64_t hold_until = realtime_ns() + kTakeoverHoldNs;
         int64_t mono_to_real = realtime_ns() - monotonic_ns();
         for (auto& f : engine.flows()) {
+            // What the hub showed is what the client got: it is exact whenever it exists. The
+            // heartbeat's progress (up to one period old) is the fallback.
             std::optional<uint64_t> from;
-            int64_t hub_ns = 0;
             if (gate) {
                 auto seen = gate->seen({f.client, f.port});
-                if (seen && seen->last_ns + mono_to_real >= f.segment.start_time_ns) {
-                    hub_ns = seen->last_ns + mono_to_real;
+                if (seen && seen->last_ns + mono_to_real >= f.segment.start_time_ns)
                     from = seen->rtp ? engine.packet_after_seq(f.session, seen->high_seq)
-                                     : engine.packet_after_time(f.session, hub_ns);
-                }
+                                     : engine.packet_after_time(f.session, seen->last_ns + mono_to_real);
             }
-            auto pr = progress.find(f.session);
-            if (pr != progress.end() && pr->second.second > hub_ns) {
-                from = pr->second.first;  // the heartbeat is newer than anything the hub showed
-                ++st.sessions_resumed_from_heartbeat;
-            } else if (from) {
+            if (from) {
                 ++st.sessions_resumed_from_hub;
+            } else if (auto pr = progress.find(f.session); pr != progress.end()) {
+                from = pr->second.first;
+                ++st.sessions_resumed_from_heartbeat;
             }
             if (from) (void)engine.resume_from(f.session, *from, hold_until);
         }
