@@ -403,10 +403,10 @@ struct Controller::Impl {
         fm.dest.sin_family = AF_INET;
         fm.dest.sin_addr = *opts.partner_private;
         fm.dest.sin_port = htons(opts.peer_port);
-        fm.src.sin_family = AF_INET;
-        fm.src.sin_port = htons(opts.peer_port);
+        // No source port: our own socket holds peer_port while we live. The partner checks the
+        // source address and the tag, not the port.
         fm.payload = std::move(*wire);
-        (void)backend->set_message(fm);
+        if (auto s = backend->set_message(fm); !s) st.last_error = "prebuilt failover message: " + s.error().message;
     }
 
     // Seed 004 [0097]: the secondary becomes the primary, from the first packet the old primary
