@@ -25,6 +25,15 @@ void event(const RunOptions& o, const std::string& s) {
 
 bool ok2xx(const Message& m) { return m.status >= 200 && m.status < 300; }
 
+// A URI taken from the server (Content-Base, a=control) goes into our request lines: no spaces or
+// control characters, bounded.
+bool usable_uri(const std::string& u) {
+    if (u.empty() || u.size() > 2048) return false;
+    for (unsigned char c : u)
+        if (c <= 0x20 || c == 0x7f) return false;
+    return true;
+}
+
 Error refused(const std::string& step, const Message& m) {
     int code = m.status == 404 ? ENOENT
              : m.status == 453 ? ENOSPC
@@ -227,6 +236,8 @@ Result<RunInfo> run(const RunOptions& opt, Analyzer& an) {
     const std::string* base = desc->header("Content-Base");
     std::string setup_uri = setup_url(url.text, base, desc->body);
     std::string aggregate = base && !base->empty() ? *base : url.text;
+    if (!usable_uri(setup_uri) || !usable_uri(aggregate))
+        return make_error(EPROTO, "RTSP DESCRIBE: Content-Base or a=control is not a usable URL");
 
     auto ports = UdpReceiver::open_pair(opt.client_port, opt.rcvbuf);
     if (!ports) return ports.error();
