@@ -16,6 +16,7 @@ namespace of::verify {
 namespace {
 
 constexpr int64_t kMs = 1'000'000;
+constexpr size_t kPerTurn = 4096;  // datagrams received between two looks at the clock
 
 int64_t seconds_ns(double s) { return int64_t(std::llround(s * 1e9)); }
 
@@ -98,7 +99,9 @@ struct Loop {
                 break;
             }
             uint64_t got_before = an.datagrams();
-            size_t room = opt.max_datagrams ? size_t(opt.max_datagrams - got_before) : SIZE_MAX;
+            // Bounded per turn, so that a flood cannot starve the clock checks and keepalives.
+            size_t room = kPerTurn;
+            if (opt.max_datagrams) room = std::min<uint64_t>(room, opt.max_datagrams - got_before);
             auto n = rtp.receive(sink, room);
             if (!n) return n.error();
             int64_t now = monotonic_ns();
