@@ -927,6 +927,7 @@ public:
     bool silent = false;              // never answer
     bool close_after_play = false;    // drop the TCP connection after PLAY
     bool send_garbage = false;        // answer DESCRIBE with junk
+    bool bad_control = false;         // an a=control with a space and a CR in it
     int datagrams = 120;
     int64_t interval_ns = 10 * kMsNs;
     std::vector<uint16_t> skip_seqs;  // RTP sequence numbers not sent
@@ -1023,6 +1024,7 @@ private:
                         std::string sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=asset\r\nt=0 0\r\na=control:*\r\n"
                                           "a=range:npt=0-60\r\nm=video 0 RTP/AVP 33\r\na=rtpmap:33 MP2T/90000\r\n"
                                           "a=control:trackID=0\r\n";
+                        if (bad_control) sdp += "a=control:x y\rz\r\n";
                         resp = ok(cseq) + "Content-Base: " + url() + "/\r\nContent-Type: application/sdp\r\nContent-Length: " +
                                std::to_string(sdp.size()) + "\r\n\r\n" + sdp;
                     }
@@ -1229,6 +1231,17 @@ TEST(VerifySession, ClearErrors) {
         auto info = run(quick(srv.url()), an);
         ASSERT_FALSE(info.ok());
         EXPECT_EQ(info.error().code, EPROTO);
+    }
+    {
+        Responder srv;
+        srv.bad_control = true;
+        srv.start();
+        Analyzer an;
+        auto info = run(quick(srv.url()), an);
+        ASSERT_FALSE(info.ok());
+        EXPECT_EQ(info.error().code, EPROTO);
+        auto m = srv.methods();
+        EXPECT_EQ(std::count(m.begin(), m.end(), "SETUP"), 0);  // nothing was sent with it
     }
     {
         // Nobody listens on port 1: refused at once.

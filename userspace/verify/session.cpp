@@ -16,6 +16,7 @@ namespace of::verify {
 namespace {
 
 constexpr int64_t kMs = 1'000'000;
+constexpr size_t kPerTurn = 4096;  // datagrams received between two looks at the clock
 
 int64_t seconds_ns(double s) { return int64_t(std::llround(s * 1e9)); }
 
@@ -24,6 +25,15 @@ void event(const RunOptions& o, const std::string& s) {
 }
 
 bool ok2xx(const Message& m) { return m.status >= 200 && m.status < 300; }
+
+// A URI taken from the server (Content-Base, a=control) goes into our request lines: no spaces or
+// control characters, bounded.
+bool usable_uri(const std::string& u) {
+    if (u.empty() || u.size() > 2048) return false;
+    for (unsigned char c : u)
+        if (c <= 0x20 || c == 0x7f) return false;
+    return true;
+}
 
 Error refused(const std::string& step, const Message& m) {
     int code = m.status == 404 ? ENOENT
@@ -89,7 +99,9 @@ struct Loop {
                 break;
             }
             uint64_t got_before = an.datagrams();
-            size_t room = opt.max_datagrams ? size_t(opt.max_datagrams - got_before) : SIZE_MAX;
+            // Bounded per turn, so that a flood cannot starve the clock checks and keepalives.
+            size_t room = kPerTurn;
+            if (opt.max_datagrams) room = std::min<uint64_t>(room, opt.max_datagrams - got_before);
             auto n = rtp.receive(sink, room);
             if (!n) return n.error();
             int64_t now = monotonic_ns();
@@ -227,6 +239,8 @@ Result<RunInfo> run(const RunOptions& opt, Analyzer& an) {
     const std::string* base = desc->header("Content-Base");
     std::string setup_uri = setup_url(url.text, base, desc->body);
     std::string aggregate = base && !base->empty() ? *base : url.text;
+    if (!usable_uri(setup_uri) || !usable_uri(aggregate))
+        return make_error(EPROTO, "RTSP DESCRIBE: Content-Base or a=control is not a usable URL");
 
     auto ports = UdpReceiver::open_pair(opt.client_port, opt.rcvbuf);
     if (!ports) return ports.error();
