@@ -39,7 +39,7 @@ TEST(Config, ErrorsNameFileLineAndKey) {
         {"stream_ip = 1.2.3.4\nrtsp_port = 12x\n", "t.conf:2: rtsp_port: '12x' is not a whole number"},
         {"stream_ip = 1.2.3.4\nextent_size = 20000\n", "t.conf:2: extent_size: extent_size must be a multiple of 1316"},
         {"stream_ip = 1.2.3.4\ndisks = rel/path\n", "t.conf:2: disks: disk 'rel/path' is not an absolute path"},
-        {"stream_ip = 1.2.3.4\nfailover_backend = magic\n", "t.conf:2: failover_backend: 'magic' is not one of: auto, kernel, userspace"},
+        {"stream_ip = 1.2.3.4\nfailover_backend = magic\n", "t.conf:2: failover_backend: 'magic' is not one of: auto, kernel, none, userspace"},
         {"stream_ip = 1.2.3.4\nstream_ip = 1.2.3.5\n", "t.conf:2: key 'stream_ip' given twice"},
         {"stream_ip\n", "t.conf:1: expected 'key = value', got 'stream_ip'"},
         {"rtsp_port = 554\n", "t.conf: required key 'stream_ip' is missing"},
