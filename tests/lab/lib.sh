@@ -11,7 +11,9 @@ ONEFRAMED=$BUILD/userspace/daemon/oneframed
 HOLDER=$BUILD/tools/fo-holder/fo-holder
 STREAM_IP=10.77.0.1
 
+LAB_T0=$(date +%s%N)
 say() { printf '%s\n' "$*"; }
+section() { printf -- '--- [%6.1fs] %s\n' "$(( ($(date +%s%N) - LAB_T0) / 1000000 ))e-3" "$*"; }
 fail() { printf 'FAIL: %s\n' "$*"; exit 1; }
 check() {  # check DESCRIPTION COMMAND...: runs COMMAND, fails the test with DESCRIPTION if it fails
   local what=$1; shift

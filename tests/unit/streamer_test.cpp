@@ -258,3 +258,39 @@ TEST_F(StreamerTest, ReadErrorFailsOnlyThatSession) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST_F(StreamerTest, SendsRtcpByeAfterTheLastDatagram) {
+    int rtcp = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(bind(rtcp, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    socklen_t len = sizeof a;
+    getsockname(rtcp, reinterpret_cast<sockaddr*>(&a), &len);
+
+    auto src = std::make_shared<CbrFileSource>(path_, 7 * 20, kBitrate, kExtent);
+    auto t = streamer::StreamThread::start(
+        {.max_sessions = 1, .extent_size = kExtent, .source_ip = {htonl(INADDR_LOOPBACK)}, .source_port = 47010});
+    ASSERT_TRUE(t.ok()) << t.error().message;
+    auto slot = (*t)->add({src, dest_, true, 0xa1b2c3d4, ntohs(a.sin_port)});
+    ASSERT_TRUE(slot.ok());
+    ASSERT_TRUE((*t)->play(*slot, {0, realtime_ns() + 5'000'000, 0, 0}).ok());
+    ASSERT_EQ(receive(20).size(), 20u);
+    pollfd p{rtcp, POLLIN, 0};
+    ASSERT_EQ(poll(&p, 1, 2000), 1) << "no RTCP BYE";
+    uint8_t buf[64];
+    sockaddr_in from{};
+    socklen_t fl = sizeof from;
+    ssize_t n = recvfrom(rtcp, buf, sizeof buf, 0, reinterpret_cast<sockaddr*>(&from), &fl);
+    ASSERT_EQ(n, 16);
+    EXPECT_EQ(ntohs(from.sin_port), 47011) << "RTCP leaves from the RTP port + 1";
+    EXPECT_EQ(buf[1], 201);  // compound packet starts with a receiver report
+    EXPECT_EQ(buf[9], 203);  // then BYE
+    EXPECT_EQ(buf[12], 0xa1);
+    EXPECT_EQ(buf[15], 0xd4);
+    close(rtcp);
+}
+
+}  // namespace

@@ -53,6 +53,7 @@ struct Engine::Session {
     std::string asset;
     std::shared_ptr<const AssetSource> source;
     sockaddr_in client{};
+    uint16_t rtcp_port = 0;
     bool rtp = true;
     uint32_t ssrc = 0;
     uint64_t bitrate_bps = 0;
@@ -135,6 +136,7 @@ failover::SessionRecord Engine::record_of(const Session& s, failover::SessionOp 
     r.asset = s.asset;
     r.client_ip = s.client.sin_addr;
     r.client_port = ntohs(s.client.sin_port);
+    r.client_rtcp_port = s.rtcp_port;
     r.rtp = s.rtp;
     r.ssrc = s.ssrc;
     r.start_packet = s.seg.start_packet;
@@ -166,7 +168,7 @@ Result<rtsp::AssetDescription> Engine::describe(const std::string& asset) {
 }
 
 Result<Engine::Session*> Engine::create_session(uint64_t id, const std::string& asset, const sockaddr_in& client,
-                                                bool rtp, uint32_t ssrc) {
+                                                uint16_t rtcp_port, bool rtp, uint32_t ssrc) {
     auto a = store_.find(asset);
     if (!a) return make_error(ENOENT, "no asset '" + asset + "'");
     if (a->extent_size() > config_.extent_size || a->extent_size() % mpegts::kDatagramSize)
@@ -179,7 +181,7 @@ Result<Engine::Session*> Engine::create_session(uint64_t id, const std::string& 
     for (auto& t : threads_)
         if (!best || t->totals().sessions < best->totals().sessions) best = t.get();
     auto src = std::make_shared<const AssetSource>(a);
-    auto slot = best->add({src, client, rtp, ssrc});
+    auto slot = best->add({src, client, rtp, ssrc, rtp ? rtcp_port : uint16_t(0)});
     if (!slot) return make_error(ENOSPC, slot.error().message);
 
     auto s = std::make_unique<Session>();
@@ -187,6 +189,7 @@ Result<Engine::Session*> Engine::create_session(uint64_t id, const std::string& 
     s->asset = asset;
     s->source = src;
     s->client = client;
+    s->rtcp_port = rtcp_port;
     s->rtp = rtp;
     s->ssrc = ssrc;
     s->bitrate_bps = bitrate;
@@ -214,7 +217,8 @@ Result<rtsp::SetupReply> Engine::setup(const rtsp::SetupRequest& req) {
     client.sin_port = htons(req.transport.client_port_lo);
     uint64_t id;
     do id = rng_(); while (id == 0 || sessions_.count(id));
-    auto s = create_session(id, req.asset, client, rtp, uint32_t(rng_()));
+    uint16_t rtcp = req.transport.client_port_hi != req.transport.client_port_lo ? req.transport.client_port_hi : 0;
+    auto s = create_session(id, req.asset, client, rtcp, rtp, uint32_t(rng_()));
     if (!s) return s.error();
     (*s)->next_seq = uint16_t(rng_());
     (*s)->next_rtp_ts = uint32_t(rng_());
@@ -307,7 +311,7 @@ Status Engine::apply(const failover::SessionRecord& r) {
     switch (r.op) {
     case failover::SessionOp::kSetup: {
         if (s) return make_error(EEXIST, "session " + session_name(r.session) + " exists");
-        auto made = create_session(r.session, r.asset, client_of(r), r.rtp, r.ssrc);
+        auto made = create_session(r.session, r.asset, client_of(r), r.client_rtcp_port, r.rtp, r.ssrc);
         if (!made) return made.error();
         (*made)->next_seq = r.seq_base;
         (*made)->next_rtp_ts = r.rtp_ts_base;
@@ -317,7 +321,7 @@ Status Engine::apply(const failover::SessionRecord& r) {
     }
     case failover::SessionOp::kPlay: {
         if (!s) {  // joined late ([0090]): a play record carries all a setup does
-            auto made = create_session(r.session, r.asset, client_of(r), r.rtp, r.ssrc);
+            auto made = create_session(r.session, r.asset, client_of(r), r.client_rtcp_port, r.rtp, r.ssrc);
             if (!made) return made.error();
             s = *made;
         }

@@ -103,8 +103,8 @@ private:
     Engine(const Config& config, store::AssetStore& store);
     Session* find(const std::string& name);
     Status check_limits(uint64_t bitrate_bps) const;
-    Result<Session*> create_session(uint64_t id, const std::string& asset, const sockaddr_in& client, bool rtp,
-                                    uint32_t ssrc);
+    Result<Session*> create_session(uint64_t id, const std::string& asset, const sockaddr_in& client,
+                                    uint16_t rtcp_port, bool rtp, uint32_t ssrc);
     Status start_segment(Session& s, const pacer::Segment& seg);
     void emit(const failover::SessionRecord& r);
     failover::SessionRecord record_of(const Session& s, failover::SessionOp op) const;

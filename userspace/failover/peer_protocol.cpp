@@ -120,6 +120,7 @@ Result<std::vector<uint8_t>> encode(const Message& m, std::span<const uint8_t> k
         body.str(r->asset);
         body.u32(ntohl(r->client_ip.s_addr));
         body.u16(r->client_port);
+        body.u16(r->client_rtcp_port);
         body.u8(r->rtp ? 1 : 0);
         body.u32(r->ssrc);
         body.u64(r->start_packet);
@@ -217,6 +218,7 @@ Result<Message> decode(std::span<const uint8_t> d, std::span<const uint8_t> key)
         x.asset = r.str(kMaxNameLength);
         x.client_ip.s_addr = htonl(r.u32());
         x.client_port = r.u16();
+        x.client_rtcp_port = r.u16();
         uint8_t rtp = r.u8();
         if (rtp > 1) return malformed("bad transport flag");
         x.rtp = rtp == 1;

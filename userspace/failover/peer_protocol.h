@@ -78,6 +78,7 @@ struct SessionRecord {
     std::string asset;
     in_addr client_ip{};
     uint16_t client_port = 0;
+    uint16_t client_rtcp_port = 0;  // RTP only; 0: none
     bool rtp = true;
     uint32_t ssrc = 0;
     // The play segment (kPlay): see pacer::Segment.

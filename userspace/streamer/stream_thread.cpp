@@ -19,6 +19,7 @@ namespace {
 constexpr unsigned kBatch = 64;               // datagrams per sendmmsg
 constexpr int64_t kMaxSleepNs = 100'000'000;  // re-check commands at least every 100 ms
 constexpr int kSendBufferBytes = 4 << 20;
+constexpr int64_t kByeDelayNs = 50'000'000;  // after the last datagram, so the BYE never overtakes it
 
 enum class BufState : uint8_t { kEmpty, kReading, kReady };
 }  // namespace
@@ -35,6 +36,7 @@ struct StreamThread::Slot {
     uint32_t gen = 0;       // bumps on every play/pause/remove: stale heap entries are ignored
     bool playing = false;
     bool waiting = false;   // blocked on an extent read
+    bool bye_pending = false;  // RTCP BYE due at next_send_ns
     int64_t missed_extent = -1;
     struct Buffer {
         int64_t extent = -1;
@@ -103,6 +105,20 @@ Result<std::unique_ptr<StreamThread>> StreamThread::start(const Options& o) {
         inet_ntop(AF_INET, &o.source_ip, ip, sizeof ip);
         return errno_error(std::string("streaming thread: bind ") + ip + ":" + std::to_string(o.source_port));
     }
+    if (o.source_port != 0) {
+        // RTCP: only BYE goes out; receiver reports that come in are not read (a small buffer
+        // that overflows is all they cost).
+        t->rtcp_sock_ = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (t->rtcp_sock_ < 0) return errno_error("streaming thread: RTCP socket");
+        setsockopt(t->rtcp_sock_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        setsockopt(t->rtcp_sock_, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+        int small = 4096;
+        setsockopt(t->rtcp_sock_, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+        sockaddr_in ra = sa;
+        ra.sin_port = htons(uint16_t(o.source_port + 1));
+        if (bind(t->rtcp_sock_, reinterpret_cast<sockaddr*>(&ra), sizeof ra) < 0)
+            return errno_error("streaming thread: bind RTCP port " + std::to_string(o.source_port + 1));
+    }
 
     t->slots_.resize(o.max_sessions);
     for (auto& s : t->slots_) s = std::make_unique<Slot>();
@@ -147,6 +163,7 @@ StreamThread::~StreamThread() {
     // Commands posted after the loop ended are answered so no caller waits forever.
     for (Command* c : pending_) c->reply.set_value(make_error(ESHUTDOWN, "streaming thread stopped"));
     if (sock_ >= 0) close(sock_);
+    if (rtcp_sock_ >= 0) close(rtcp_sock_);
 }
 
 Status StreamThread::post(Command& c) {
@@ -256,7 +273,7 @@ void StreamThread::execute(Command& c) {
             s.used = true;
             s.spec = std::move(c.spec);
             s.asset_bytes = s.spec.source->packet_count() * mpegts::kPacketSize;
-            s.playing = s.waiting = false;
+            s.playing = s.waiting = s.bye_pending = false;
             s.missed_extent = -1;
             s.buf[0] = s.buf[1] = Slot::Buffer{};
             s.state = int(SessionState::kIdle);
@@ -287,7 +304,7 @@ void StreamThread::execute(Command& c) {
         s.next_send_ns = std::max(c.seg.start_time_ns, c.not_before_ns);
         s.not_before_ns = c.not_before_ns;
         s.playing = s.jcount > 0;
-        s.waiting = false;
+        s.waiting = s.bye_pending = false;
         s.missed_extent = -1;
         ++s.gen;
         s.next_packet = c.seg.start_packet;
@@ -426,6 +443,11 @@ bool StreamThread::produce(Slot& s, unsigned slot_index, int64_t now) {
     if (s.j >= s.jcount) {
         s.playing = false;
         s.state = int(SessionState::kFinished);
+        if (s.spec.rtp && s.spec.rtcp_port && rtcp_sock_ >= 0) {
+            s.bye_pending = true;
+            s.next_send_ns = now + kByeDelayNs;
+            schedule(s, slot_index);
+        }
         return true;
     }
     s.next_send_ns = std::max(pacer::send_time_ns(src, s.seg, s.j), s.not_before_ns);
@@ -457,12 +479,26 @@ void StreamThread::flush() {
     bt.n = 0;
 }
 
+// RFC 3550 compound packet: an empty receiver report, then BYE for the session's SSRC.
+void StreamThread::send_bye(const Slot& s) {
+    uint8_t p[16] = {0x80, 201, 0, 1, 0, 0, 0, 0, 0x81, 203, 0, 1, 0, 0, 0, 0};
+    for (int i = 0; i < 4; ++i) p[4 + i] = p[12 + i] = uint8_t(s.spec.ssrc >> (24 - 8 * i));
+    sockaddr_in to = s.spec.destination;
+    to.sin_port = htons(s.spec.rtcp_port);
+    (void)sendto(rtcp_sock_, p, sizeof p, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&to), sizeof to);
+}
+
 void StreamThread::service(int64_t now) {
     while (!heap_.empty() && heap_.front().when <= now) {
         std::pop_heap(heap_.begin(), heap_.end(), std::greater<>());
         HeapEntry e = heap_.back();
         heap_.pop_back();
         Slot& s = *slots_[e.slot];
+        if (s.used && s.bye_pending && s.gen == e.gen) {
+            s.bye_pending = false;
+            send_bye(s);
+            continue;
+        }
         if (!s.used || !s.playing || s.gen != e.gen) continue;
         // Send everything of this session that is due (several datagrams after a stall).
         while (s.playing && s.next_send_ns <= now) {

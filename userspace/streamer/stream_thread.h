@@ -34,6 +34,9 @@ struct SessionSpec {
     sockaddr_in destination{};
     bool rtp = true;        // RTP/AVP (RFC 2250) or raw MP2T over UDP
     uint32_t ssrc = 0;
+    // The client's RTCP port (RTP only; 0: none). At the end of the asset the session sends an
+    // RTCP BYE there, so that players end at once instead of waiting for a timeout.
+    uint16_t rtcp_port = 0;
 };
 
 enum class SessionState : int { kIdle = 0, kPlaying = 1, kFinished = 2, kFailed = 3 };
@@ -67,7 +70,7 @@ public:
         uint32_t extent_size = 1316 * 128;  // the largest extent any served asset uses
         int rt_priority = 0;                // SCHED_FIFO priority; 0 = normal scheduling
         in_addr source_ip{};                // INADDR_ANY allowed
-        uint16_t source_port = 0;           // 0 = any
+        uint16_t source_port = 0;           // 0 = any; RTCP leaves from source_port + 1
         int64_t late_threshold_ns = 1'000'000;
         int cpu = -1;                       // pin to this CPU if >= 0
     };
@@ -105,12 +108,14 @@ private:
     bool produce(Slot& s, unsigned slot_index, int64_t now);
     bool ensure_extent(Slot& s, unsigned slot_index, uint64_t extent, int64_t keep);
     void flush();
+    void send_bye(const Slot& s);
     void schedule(Slot& s, unsigned slot_index);
     Status post(Command& c);
 
     Options options_;
     std::unique_ptr<uring::ExtentReader> reader_;
     int sock_ = -1;
+    int rtcp_sock_ = -1;
     std::thread thread_;
     std::atomic<bool> stop_{false};
 
