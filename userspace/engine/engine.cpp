@@ -370,6 +370,12 @@ std::vector<Engine::Flow> Engine::flows() const {
     return out;
 }
 
+Status Engine::hold_all(bool on) {
+    for (auto& t : threads_)
+        if (auto s = t->hold(on); !s) return s;
+    return {};
+}
+
 std::optional<uint64_t> Engine::packet_after_seq(uint64_t session, uint16_t seq) const {
     std::lock_guard lk(mu_);
     auto it = sessions_.find(session);

@@ -76,6 +76,8 @@ public:
         uint64_t next_packet = 0;     // where our own sender is
     };
     std::vector<Flow> flows() const;
+    // Holds (or releases) every streaming thread: nothing is sent while held. See StreamThread::hold.
+    Status hold_all(bool on);
     // The first datagram after the one with RTP sequence `seq` (the last one the partner sent),
     // unwrapped around our own position. nullopt if the session is not playing.
     std::optional<uint64_t> packet_after_seq(uint64_t session, uint16_t seq) const;

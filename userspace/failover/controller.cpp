@@ -42,7 +42,6 @@ enum class Path { kPrivate, kLan };
 constexpr uint64_t kPrebuiltSeqBase = uint64_t(1) << 62;  // above any live sequence number
 constexpr int64_t kPrebuiltRefreshNs = 500'000'000;        // stays well inside kMaxClockSkewNs
 constexpr int64_t kSyncTimeoutNs = 2'000'000'000;
-constexpr int64_t kTakeoverHoldNs = 1'000'000;             // backlog waits for the open gate
 
 [[maybe_unused]] std::string ip_text(in_addr a) {
     char b[INET_ADDRSTRLEN];
@@ -79,7 +78,7 @@ struct Controller::Impl {
     std::function<void()> takeover_hook;
     State state = State::kUnconfigured;
     ControllerStatus st;
-    int64_t heard_mono[2] = {0, 0};   // last valid message from the partner, per path
+    std::atomic<int64_t> heard_mono[2] = {0, 0};  // last valid message from the partner, per path
     int64_t partner_ack_mono = 0;     // last ack (primary) or heartbeat (secondary)
     std::map<uint64_t, std::pair<uint64_t, int64_t>> progress;  // session -> (next_packet, realtime)
     uint32_t progress_cursor = 0;
@@ -140,6 +139,7 @@ struct Controller::Impl {
         apply_gate(prev);
         return {};
     }
+    bool state_is(State s) const { return shared_state.load() == s; }
     void set_state(State s) {
         state = s;
         st.state = s;
@@ -177,7 +177,13 @@ struct Controller::Impl {
         int64_t next_tick = monotonic_ns();
         while (!stop.load()) {
             int64_t now = monotonic_ns();
-            int64_t wait = std::max<int64_t>(0, next_tick - now);
+            int64_t wake = next_tick;
+            if (state_is(State::kSecondary)) {
+                // Wake exactly when the partner's silence reaches the limit, not at the next tick.
+                int64_t deadline = std::max(heard_mono[0], heard_mono[1]) + silence_limit_ns() + 1;
+                if (deadline > now) wake = std::min(wake, deadline);
+            }
+            int64_t wait = std::max<int64_t>(0, wake - now);
             pollfd fds[4] = {{sock, POLLIN, 0}, {wake_fd, POLLIN, 0}, {lan_sock, POLLIN, 0},
                              {backend ? backend->notify_fd() : -1, POLLIN, 0}};
             timespec ts = ns_to_timespec(wait);
@@ -194,6 +200,9 @@ struct Controller::Impl {
                 tick(now);
                 next_tick += period_ns();
                 if (next_tick < now) next_tick = now + period_ns();  // we were stalled: do not burst
+            } else if (state_is(State::kSecondary)) {
+                std::lock_guard lk(mu);
+                if (state == State::kSecondary) tick_secondary(now);
             }
         }
     }
@@ -288,7 +297,9 @@ struct Controller::Impl {
         lk.unlock();  // the engine talks to streaming threads; never hold our lock across that
         auto s = engine.apply(r);
         lk.lock();
-        if (!s && s.error().code != EEXIST) st.last_error = "replicated session: " + s.error().message;
+        // Records travel on both paths: the second copy of a setup finds the session there
+        // (EEXIST), of a pause or teardown finds it gone (ESRCH). Both are the same decision.
+        if (!s && s.error().code != EEXIST && s.error().code != ESRCH) st.last_error = "replicated session: " + s.error().message;
     }
 
     void on_message(const SyncRequest& q, Path p, const Message&, int64_t, std::unique_lock<std::mutex>&) {
@@ -369,8 +380,13 @@ struct Controller::Impl {
     }
 
     void tick_secondary(int64_t now) {
-        if (now - heard_mono[0] > silence_limit_ns() && now - heard_mono[1] > silence_limit_ns())
-            takeover("missed " + std::to_string(opts.max_missed) + " heartbeats on both paths");
+        int64_t quiet_private = now - heard_mono[0], quiet_lan = now - heard_mono[1];
+        if (quiet_private > silence_limit_ns() && quiet_lan > silence_limit_ns()) {
+            char why[160];
+            snprintf(why, sizeof why, "missed %u heartbeats on both paths (private silent %.1f ms, LAN silent %.1f ms)",
+                     opts.max_missed, double(quiet_private) / 1e6, double(quiet_lan) / 1e6);
+            takeover(why);
+        }
     }
 
     // Carrier on the stream interface, asked through a socket so that it reads this network
@@ -410,12 +426,14 @@ struct Controller::Impl {
     }
 
     // Seed 004 [0097]: the secondary becomes the primary, from the first packet the old primary
-    // did not put on the wire.
+    // did not put on the wire. Order matters: hold every sender, rewind each session to its
+    // resume point, open the gate, release. Nothing can leave between the rewind and the open
+    // gate (it would be dropped), and nothing later than a resume point can overtake it.
     void takeover(const std::string& cause) {
         int64_t detected = realtime_ns();
         Outcome o = transition(state, Event::kPartnerFailed, false);
         if (!o.allowed) return;
-        int64_t hold_until = realtime_ns() + kTakeoverHoldNs;
+        (void)engine.hold_all(true);
         int64_t mono_to_real = realtime_ns() - monotonic_ns();
         for (auto& f : engine.flows()) {
             // What the hub showed is what the client got: it is exact whenever it exists. The
@@ -433,15 +451,19 @@ struct Controller::Impl {
                 from = pr->second.first;
                 ++st.sessions_resumed_from_heartbeat;
             }
-            if (from) (void)engine.resume_from(f.session, *from, hold_until);
+            if (from) (void)engine.resume_from(f.session, *from, 0);
         }
-        if (auto s = move_to(o.next); !s) {
-            st.last_error = "takeover: " + s.error().message;
-            return;
+        State prev = state;
+        set_state(o.next);
+        apply_gate(prev);  // the gate opens now; the backend learns next (a round trip)
+        int64_t opened = realtime_ns();
+        (void)engine.hold_all(false);
+        if (backend) {
+            if (auto s = backend->set_state(fo_of(o.next)); !s) st.last_error = "takeover: backend: " + s.error().message;
         }
         st.takeovers++;
         st.last_detection_ns = detected;
-        st.last_takeover_ns = realtime_ns();
+        st.last_takeover_ns = opened;
         st.last_takeover_cause = cause;
         send_both(StopOrder{uint64_t(st.last_takeover_ns)});
         if (takeover_hook) takeover_hook();

@@ -51,7 +51,7 @@ struct StreamThread::Slot {
 };
 
 struct StreamThread::Command {
-    enum Kind { kAdd, kPlay, kPause, kRemove } kind;
+    enum Kind { kAdd, kPlay, kPause, kRemove, kHold } kind;
     unsigned slot = 0;
     SessionSpec spec;
     pacer::Segment seg;
@@ -216,6 +216,12 @@ Result<uint64_t> StreamThread::pause(unsigned slot) {
     return f.get();
 }
 
+Status StreamThread::hold(bool on) {
+    Command c{Command::kHold};
+    c.slot = on ? 1 : 0;
+    return post(c);
+}
+
 Status StreamThread::remove(unsigned slot) {
     Command c{Command::kRemove};
     c.slot = slot;
@@ -287,6 +293,11 @@ void StreamThread::execute(Command& c) {
         c.reply.set_value(make_error(ENOSPC, "streaming thread full (" + std::to_string(slots_.size()) + " sessions)"));
         return;
     }
+    if (c.kind == Command::kHold) {
+        held_ = c.slot != 0;
+        c.reply.set_value(uint64_t(0));
+        return;
+    }
     if (c.slot >= slots_.size() || !slots_[c.slot]->used) {
         c.reply.set_value(make_error(ESRCH, "no session in slot " + std::to_string(c.slot)));
         return;
@@ -333,6 +344,7 @@ void StreamThread::execute(Command& c) {
         c.reply.set_value(uint64_t(0));
         return;
     case Command::kAdd:
+    case Command::kHold:
         break;
     }
 }
@@ -518,9 +530,9 @@ void StreamThread::run() {
         loops_.fetch_add(1, std::memory_order_relaxed);
         handle_commands();
         int64_t now = realtime_ns();
-        service(now);
+        if (!held_) service(now);
         int64_t wait = kMaxSleepNs;
-        if (!heap_.empty()) wait = std::clamp<int64_t>(heap_.front().when - realtime_ns(), 0, kMaxSleepNs);
+        if (!heap_.empty() && !held_) wait = std::clamp<int64_t>(heap_.front().when - realtime_ns(), 0, kMaxSleepNs);
         auto r = reader_->wait(wait, on_done);
         if (!r) {
             // The ring itself failed: nothing can be read any more. Fail every session.

@@ -90,6 +90,9 @@ public:
     Result<uint64_t> pause(unsigned slot);
     // Frees the slot (its in-flight reads are drained before it is reused).
     Status remove(unsigned slot);
+    // While held, the thread sends nothing at all (reads go on); on release every due datagram
+    // goes out in order. A takeover holds, rewinds sessions, opens the gate, releases.
+    Status hold(bool on);
 
     SessionCounters counters(unsigned slot) const;
     ThreadCounters totals() const;
@@ -118,6 +121,7 @@ private:
     int rtcp_sock_ = -1;
     std::thread thread_;
     std::atomic<bool> stop_{false};
+    bool held_ = false;
 
     std::mutex mu_;
     std::vector<Command*> pending_;
