@@ -83,9 +83,6 @@ struct Controller::Impl {
     std::map<uint64_t, std::pair<uint64_t, int64_t>> progress;  // session -> (next_packet, realtime)
     uint32_t progress_cursor = 0;
     int64_t next_prebuilt_ns = 0;
-    bool pending_local_failure = false;
-    FailureReason local_reason = FailureReason::kNone;
-    std::string local_detail;
     bool push_params = false;
 
     // failover_sync in progress
@@ -330,10 +327,6 @@ struct Controller::Impl {
 
     void tick(int64_t now) {
         std::unique_lock lk(mu);
-        if (pending_local_failure) {
-            pending_local_failure = false;
-            fail_locally(local_reason, local_detail);
-        }
         if (transmits(state)) tick_primary(now, lk);
         else if (state == State::kSecondary) tick_secondary(now);
         if (push_params && state == State::kPrimary) {
@@ -648,14 +641,8 @@ Result<State> Controller::failover_unsync() {
 }
 
 void Controller::local_failure(FailureReason reason, const std::string& detail) {
-    {
-        std::lock_guard lk(impl_->mu);
-        impl_->pending_local_failure = true;
-        impl_->local_reason = reason;
-        impl_->local_detail = detail;
-    }
-    uint64_t one = 1;
-    (void)!write(impl_->wake_fd, &one, sizeof one);
+    std::lock_guard lk(impl_->mu);
+    impl_->fail_locally(reason, detail);
 }
 
 void Controller::parameters_changed() {

@@ -124,7 +124,8 @@ public:
     // Secondary: pulls the [0083] parameters from the primary; returns after success or failure.
     Result<State> failover_sync();
     Result<State> failover_unsync();
-    // Reports a local failure ([0095]); the primary fails over to its partner at once.
+    // Reports a local failure ([0095]); the primary fails over to its partner at once. Returns
+    // after the failover message is sent.
     void local_failure(FailureReason reason, const std::string& detail);
     // The primary's parameters changed: push them to an online secondary.
     void parameters_changed();
