@@ -166,14 +166,19 @@ StreamThread::~StreamThread() {
     if (rtcp_sock_ >= 0) close(rtcp_sock_);
 }
 
-Status StreamThread::post(Command& c) {
+// Hands a command to the streaming thread and waits for its answer.
+Result<uint64_t> StreamThread::call(Command& c) {
     auto f = c.reply.get_future();
     {
         std::lock_guard lk(mu_);
         pending_.push_back(&c);
     }
     reader_->wake();
-    auto r = f.get();
+    return f.get();
+}
+
+Status StreamThread::post(Command& c) {
+    auto r = call(c);
     if (!r) return r.error();
     return {};
 }
@@ -185,13 +190,7 @@ Result<unsigned> StreamThread::add(SessionSpec spec) {
                                       " does not fit this thread's buffers of " + std::to_string(options_.extent_size));
     Command c{Command::kAdd};
     c.spec = std::move(spec);
-    auto f = c.reply.get_future();
-    {
-        std::lock_guard lk(mu_);
-        pending_.push_back(&c);
-    }
-    reader_->wake();
-    auto r = f.get();
+    auto r = call(c);
     if (!r) return r.error();
     return unsigned(*r);
 }
@@ -207,13 +206,7 @@ Status StreamThread::play(unsigned slot, const pacer::Segment& segment, int64_t 
 Result<uint64_t> StreamThread::pause(unsigned slot) {
     Command c{Command::kPause};
     c.slot = slot;
-    auto f = c.reply.get_future();
-    {
-        std::lock_guard lk(mu_);
-        pending_.push_back(&c);
-    }
-    reader_->wake();
-    return f.get();
+    return call(c);
 }
 
 Status StreamThread::hold(bool on) {

@@ -113,6 +113,7 @@ private:
     void flush();
     void send_bye(const Slot& s);
     void schedule(Slot& s, unsigned slot_index);
+    Result<uint64_t> call(Command& c);
     Status post(Command& c);
 
     Options options_;
