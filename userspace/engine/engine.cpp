@@ -407,7 +407,7 @@ std::optional<uint64_t> Engine::packet_after_time(uint64_t session, int64_t t) c
     return pacer::first_packet_of(s.seg, lo);
 }
 
-Status Engine::resume_from(uint64_t session, uint64_t packet, int64_t not_before_ns) {
+Status Engine::resume_from(uint64_t session, uint64_t packet) {
     std::lock_guard lk(mu_);
     auto it = sessions_.find(session);
     if (it == sessions_.end()) return make_error(ESRCH, "no session " + session_name(session));
@@ -420,7 +420,7 @@ Status Engine::resume_from(uint64_t session, uint64_t packet, int64_t not_before
     uint64_t j = (packet - s.seg.start_packet) / 7;
     pacer::Segment seg{packet, pacer::send_time_ns(*s.source, s.seg, j), pacer::rtp_seq(s.seg, j),
                        pacer::rtp_timestamp(*s.source, s.seg, j)};
-    return s.thread->play(s.slot, seg, not_before_ns);
+    return s.thread->play(s.slot, seg);
 }
 
 std::vector<failover::Progress> Engine::progress() const {

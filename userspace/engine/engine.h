@@ -83,10 +83,10 @@ public:
     std::optional<uint64_t> packet_after_seq(uint64_t session, uint16_t seq) const;
     // The first datagram whose send time is after `realtime_ns` (the partner's last send).
     std::optional<uint64_t> packet_after_time(uint64_t session, int64_t realtime_ns) const;
-    // Restarts a playing session from `packet` (a datagram boundary) on its original schedule;
-    // nothing leaves before not_before_ns, then the backlog goes out at once, in order. Used at
-    // takeover to send what the old primary did not put on the wire.
-    Status resume_from(uint64_t session, uint64_t packet, int64_t not_before_ns);
+    // Restarts a playing session from `packet` (a datagram boundary) on its original schedule:
+    // datagrams already due go out at once, in order. Used at takeover (under hold_all) to send
+    // what the old primary did not put on the wire.
+    Status resume_from(uint64_t session, uint64_t packet);
     // Where each playing session's sender is (absolute packet index of its next datagram).
     std::vector<failover::Progress> progress() const;
 

@@ -444,7 +444,7 @@ struct Controller::Impl {
                 from = pr->second.first;
                 ++st.sessions_resumed_from_heartbeat;
             }
-            if (from) (void)engine.resume_from(f.session, *from, 0);
+            if (from) (void)engine.resume_from(f.session, *from);
         }
         State prev = state;
         set_state(o.next);

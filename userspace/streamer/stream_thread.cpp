@@ -32,7 +32,6 @@ struct StreamThread::Slot {
     uint64_t j = 0;         // next datagram of the segment
     uint64_t jcount = 0;    // datagrams in the segment
     int64_t next_send_ns = 0;
-    int64_t not_before_ns = 0;  // takeover: hold the backlog until the gate is open
     uint32_t gen = 0;       // bumps on every play/pause/remove: stale heap entries are ignored
     bool playing = false;
     bool waiting = false;   // blocked on an extent read
@@ -55,7 +54,6 @@ struct StreamThread::Command {
     unsigned slot = 0;
     SessionSpec spec;
     pacer::Segment seg;
-    int64_t not_before_ns = 0;
     std::promise<Result<uint64_t>> reply;
 };
 
@@ -195,11 +193,10 @@ Result<unsigned> StreamThread::add(SessionSpec spec) {
     return unsigned(*r);
 }
 
-Status StreamThread::play(unsigned slot, const pacer::Segment& segment, int64_t not_before_ns) {
+Status StreamThread::play(unsigned slot, const pacer::Segment& segment) {
     Command c{Command::kPlay};
     c.slot = slot;
     c.seg = segment;
-    c.not_before_ns = not_before_ns;
     return post(c);
 }
 
@@ -305,8 +302,7 @@ void StreamThread::execute(Command& c) {
         s.seg = c.seg;
         s.j = 0;
         s.jcount = pacer::datagram_count(s.spec.source->packet_count(), c.seg.start_packet);
-        s.next_send_ns = std::max(c.seg.start_time_ns, c.not_before_ns);
-        s.not_before_ns = c.not_before_ns;
+        s.next_send_ns = c.seg.start_time_ns;
         s.playing = s.jcount > 0;
         s.waiting = s.bye_pending = false;
         s.missed_extent = -1;
@@ -455,7 +451,7 @@ bool StreamThread::produce(Slot& s, unsigned slot_index, int64_t now) {
         }
         return true;
     }
-    s.next_send_ns = std::max(pacer::send_time_ns(src, s.seg, s.j), s.not_before_ns);
+    s.next_send_ns = pacer::send_time_ns(src, s.seg, s.j);
     return true;
 }
 

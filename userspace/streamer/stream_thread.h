@@ -83,9 +83,8 @@ public:
     // Reserves a slot for a session; it sends nothing until play(). ENOSPC when full.
     Result<unsigned> add(SessionSpec spec);
     // Starts (or restarts at a new position: resume, seek, takeover) the session's segment.
-    // Nothing goes out before not_before_ns (CLOCK_REALTIME): datagrams whose send time has
-    // passed leave at once from then on, in order.
-    Status play(unsigned slot, const pacer::Segment& segment, int64_t not_before_ns = 0);
+    // Datagrams whose send time has passed leave at once, in order.
+    Status play(unsigned slot, const pacer::Segment& segment);
     // Stops sending; returns the absolute packet index of the first datagram not sent.
     Result<uint64_t> pause(unsigned slot);
     // Frees the slot (its in-flight reads are drained before it is reused).
