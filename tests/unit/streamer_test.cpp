@@ -297,3 +297,21 @@ TEST_F(StreamerTest, SendsRtcpByeAfterTheLastDatagram) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST_F(StreamerTest, TotalsKeepRemovedSessions) {
+    auto src = std::make_shared<CbrFileSource>(path_, 7 * 30, kBitrate, kExtent);
+    auto t = streamer::StreamThread::start({.max_sessions = 1, .extent_size = kExtent});
+    ASSERT_TRUE(t.ok());
+    for (int round = 1; round <= 2; ++round) {
+        auto slot = (*t)->add({src, dest_, false, 0});
+        ASSERT_TRUE(slot.ok());
+        ASSERT_TRUE((*t)->play(*slot, {0, realtime_ns() + 5'000'000, 0, 0}).ok());
+        ASSERT_EQ(receive(30).size(), 30u);
+        ASSERT_TRUE((*t)->remove(*slot).ok());
+        EXPECT_EQ((*t)->totals().datagrams, 30u * round) << "totals went down after a removal";
+    }
+}
+
+}  // namespace

@@ -234,7 +234,8 @@ SessionCounters StreamThread::counters(unsigned slot) const {
 }
 
 ThreadCounters StreamThread::totals() const {
-    ThreadCounters t;
+    std::lock_guard lk(retired_mu_);  // a removal moves a slot's counters into retired_ under it
+    ThreadCounters t = retired_;
     for (auto& sp : slots_) {
         const Slot& s = *sp;
         t.datagrams += s.datagrams.load(std::memory_order_relaxed);
@@ -324,7 +325,17 @@ void StreamThread::execute(Command& c) {
         if (s.state == int(SessionState::kPlaying)) s.state = int(SessionState::kIdle);
         c.reply.set_value(pacer::first_packet_of(s.seg, s.j));
         return;
-    case Command::kRemove:
+    case Command::kRemove: {
+        std::lock_guard lk(retired_mu_);
+        retired_.datagrams += s.datagrams.load(std::memory_order_relaxed);
+        retired_.bytes += s.bytes.load(std::memory_order_relaxed);
+        retired_.deadline_misses += s.misses.load(std::memory_order_relaxed);
+        retired_.late_datagrams += s.late.load(std::memory_order_relaxed);
+        retired_.send_errors += s.send_errors.load(std::memory_order_relaxed);
+        // The slot's counters start from zero for its next session (kAdd), and retired_ now
+        // holds them: read together under retired_mu_ they never count twice.
+        s.datagrams = s.bytes = s.misses = s.late = s.send_errors = 0;
+    }
         s.playing = false;
         s.used = false;
         ++s.gen;
@@ -521,7 +532,8 @@ void StreamThread::run() {
         int64_t now = realtime_ns();
         if (!held_) service(now);
         int64_t wait = kMaxSleepNs;
-        if (!heap_.empty() && !held_) wait = std::clamp<int64_t>(heap_.front().when - realtime_ns(), 0, kMaxSleepNs);
+        if (!heap_.empty() && !held_)
+            wait = std::clamp<int64_t>(heap_.front().when + options_.batch_window_ns - realtime_ns(), 0, kMaxSleepNs);
         auto r = reader_->wait(wait, on_done);
         if (!r) {
             // The ring itself failed: nothing can be read any more. Fail every session.

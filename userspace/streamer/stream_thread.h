@@ -72,6 +72,9 @@ public:
         in_addr source_ip{};                // INADDR_ANY allowed
         uint16_t source_port = 0;           // 0 = any; RTCP leaves from source_port + 1
         int64_t late_threshold_ns = 1'000'000;
+        // Wake at the first due datagram plus this window and send everything due by then in
+        // one batch: fewer wake-ups and system calls, at most this much added lateness.
+        int64_t batch_window_ns = 200'000;
         int cpu = -1;                       // pin to this CPU if >= 0
     };
 
@@ -132,6 +135,8 @@ private:
     std::unique_ptr<Batch> batch_;
 
     std::atomic<uint64_t> sessions_{0}, reads_{0}, loops_{0};
+    ThreadCounters retired_;  // counters of removed sessions, so totals() never goes down
+    mutable std::mutex retired_mu_;
 };
 
 }  // namespace of::streamer
