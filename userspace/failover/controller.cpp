@@ -76,6 +76,7 @@ struct Controller::Impl {
     std::atomic<uint64_t> sent{0}, send_errors{0};
     std::atomic<State> shared_state{State::kUnconfigured};
     std::function<void()> takeover_hook;
+    int64_t active_since_rt = 0;  // CLOCK_REALTIME when we last started transmitting
     State state = State::kUnconfigured;
     ControllerStatus st;
     std::atomic<int64_t> heard_mono[2] = {0, 0};  // last valid message from the partner, per path
@@ -152,6 +153,7 @@ struct Controller::Impl {
         if (!gate) return;
         bool was = transmits(prev), now = transmits(state);
         if (now && !was) {
+            active_since_rt = realtime_ns();
             // Lease and fence guard against a partner that took over; a server without a
             // partner has none, and its gate must not close because this thread was late.
             if (partner_configured()) (void)gate->renew_lease(std::chrono::nanoseconds(lease_ns()));
@@ -252,8 +254,9 @@ struct Controller::Impl {
         st.partner_state = ps;
         for (auto& pr : hb.progress) progress[pr.session] = {pr.next_packet, rt};
         if (transmits(state) && transmits(ps)) {
-            // Two transmitters: we took over from a primary that came back. It stops.
-            send_on(p, StopOrder{uint64_t(st.last_takeover_ns)});
+            // Two transmitters (a primary woke up after we took over, or the other way round).
+            // The order carries when we became active; only the later one prevails (below).
+            send_on(p, StopOrder{uint64_t(active_since_rt)});
             return;
         }
         bool partner_streaming = transmits(ps);
@@ -281,7 +284,10 @@ struct Controller::Impl {
             takeover(std::string("failover message: ") + f.detail);
     }
 
-    void on_message(const StopOrder&, Path, const Message&, int64_t, std::unique_lock<std::mutex>&) {
+    void on_message(const StopOrder& o, Path, const Message&, int64_t, std::unique_lock<std::mutex>&) {
+        // Only a partner that became active after us may stop us: a stale primary waking up
+        // after a takeover must not stop the server that replaced it.
+        if (transmits(state) && int64_t(o.takeover_ns) <= active_since_rt) return;
         if (transmits(state) || state == State::kFailed) {
             (void)run_event(Event::kStopOrdered, false);
             st.last_error = "stopped by the partner, which took over";
@@ -458,7 +464,7 @@ struct Controller::Impl {
         st.last_detection_ns = detected;
         st.last_takeover_ns = opened;
         st.last_takeover_cause = cause;
-        send_both(StopOrder{uint64_t(st.last_takeover_ns)});
+        send_both(StopOrder{uint64_t(active_since_rt)});
         if (takeover_hook) takeover_hook();
     }
 };

@@ -66,7 +66,8 @@ struct FailoverNotice {
 };
 
 struct StopOrder {
-    uint64_t takeover_ns = 0;  // when the partner took over (CLOCK_REALTIME)
+    uint64_t takeover_ns = 0;  // when the sender became active (CLOCK_REALTIME); a transmitting
+                               // receiver obeys only if that is later than its own start
 };
 
 enum class SessionOp : uint8_t { kSetup = 1, kPlay = 2, kPause = 3, kTeardown = 4 };
