@@ -1,4 +1,4 @@
-// oneframed: the oneframe streaming daemon. See docs/operations.md.
+// oneframed: the oneframe streaming daemon. See README.md and docs/architecture.md.
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
