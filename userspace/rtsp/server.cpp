@@ -724,15 +724,32 @@ Response RtspServer::handle_setup(Connection& c, const Request& req) {
     return r;
 }
 
-Response RtspServer::handle_play(Connection&, const Request& req) {
+// PLAY, PAUSE and TEARDOWN: the request must name a session of ours, on that session's asset
+// (or on the aggregate URL); a request that does keeps the session alive.
+RtspServer::Session* RtspServer::session_of_request(const Request& req, int& status) {
     auto u = parse_request_uri(req.uri);
-    if (!u) return error_response(uri_status(u.error()));
-    if (u->star) return error_response(400);
-    int status = 0;
+    if (!u) {
+        status = uri_status(u.error());
+        return nullptr;
+    }
+    if (u->star) {
+        status = 400;
+        return nullptr;
+    }
     Session* s = session_for(req, true, status);
-    if (!s) return error_response(status);
-    if (!u->asset.empty() && u->asset != s->asset) return error_response(454);
+    if (!s) return nullptr;
+    if (!u->asset.empty() && u->asset != s->asset) {
+        status = 454;
+        return nullptr;
+    }
     touch(*s);
+    return s;
+}
+
+Response RtspServer::handle_play(Connection&, const Request& req) {
+    int status = 0;
+    Session* s = session_of_request(req, status);
+    if (!s) return error_response(status);
     std::optional<Range> range;
     if (const std::string* h = req.header("Range")) {
         auto rg = parse_range(*h);
@@ -760,14 +777,9 @@ Response RtspServer::handle_play(Connection&, const Request& req) {
 }
 
 Response RtspServer::handle_pause(Connection&, const Request& req) {
-    auto u = parse_request_uri(req.uri);
-    if (!u) return error_response(uri_status(u.error()));
-    if (u->star) return error_response(400);
     int status = 0;
-    Session* s = session_for(req, true, status);
+    Session* s = session_of_request(req, status);
     if (!s) return error_response(status);
-    if (!u->asset.empty() && u->asset != s->asset) return error_response(454);
-    touch(*s);
     std::string id = s->id;
     if (auto st = backend_.pause(id); !st) {
         if (st.error().code == ESRCH) end_session(id);
@@ -779,13 +791,9 @@ Response RtspServer::handle_pause(Connection&, const Request& req) {
 }
 
 Response RtspServer::handle_teardown(Connection&, const Request& req) {
-    auto u = parse_request_uri(req.uri);
-    if (!u) return error_response(uri_status(u.error()));
-    if (u->star) return error_response(400);
     int status = 0;
-    Session* s = session_for(req, true, status);
+    Session* s = session_of_request(req, status);
     if (!s) return error_response(status);
-    if (!u->asset.empty() && u->asset != s->asset) return error_response(454);
     std::string id = s->id;
     Status st = backend_.teardown(id);
     if (st || st.error().code == ESRCH) {

@@ -169,6 +169,7 @@ private:
     // The session named by the request's Session header, checked against the URI's asset;
     // on failure `status` is the answer (454, 400).
     Session* session_for(const Request& req, bool required, int& status);
+    Session* session_of_request(const Request& req, int& status);
     Status add_session(const std::string& id, const std::string& asset, TransportKind kind,
                        std::string control_url, uint64_t owner, uint32_t client_ip);
     void end_session(const std::string& id);
