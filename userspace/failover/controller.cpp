@@ -436,7 +436,8 @@ struct Controller::Impl {
         int64_t mono_to_real = realtime_ns() - monotonic_ns();
         for (auto& f : engine.flows()) {
             // What the hub showed is what the client got (the old primary's frames reach the
-            // client and us through the same hub), to the datagram.
+            // client and us through the same hub), to the datagram, unless our own receive path
+            // dropped some of them under load (then the client gets those twice).
             std::optional<uint64_t> from;
             if (gate) {
                 auto seen = gate->seen({f.client, f.port});
@@ -444,18 +445,12 @@ struct Controller::Impl {
                     from = seen->rtp ? engine.packet_after_seq(f.session, seen->high_seq)
                                      : engine.packet_after_time(f.session, seen->last_ns + mono_to_real);
             }
-            // The heartbeat's progress can be ahead of the hub's view when our own receive path
-            // dropped the old primary's last frames (a full veth ring on a busy host): the later
-            // of the two is the first datagram the client has not had.
-            auto pr = progress.find(f.session);
-            bool hb_usable = pr != progress.end() && pr->second.second >= f.segment.start_time_ns &&
-                             pr->second.first >= f.segment.start_packet;
-            if (from && hb_usable && pr->second.first > *from) {
-                from = pr->second.first;
-                ++st.sessions_resumed_from_heartbeat;
-            } else if (from) {
+            // The heartbeat's progress counts datagrams the old primary produced, not what reached
+            // the wire (a stream link going down swallows the last ones): it is only the fallback.
+            if (from) {
                 ++st.sessions_resumed_from_hub;
-            } else if (hb_usable) {
+            } else if (auto pr = progress.find(f.session);
+                       pr != progress.end() && pr->second.first >= f.segment.start_packet) {
                 from = pr->second.first;
                 ++st.sessions_resumed_from_heartbeat;
             }
