@@ -418,8 +418,12 @@ void Holder::notify_all() {
 void Holder::on_pidfd(uint64_t id) {
     auto it = conns_.find(id);
     if (it == conns_.end()) return;
-    Conn& c = it->second;
     // The registering process exited (the connection may live on in a child it forked).
+    registration_ended(it->second);
+}
+
+// A registration ended without unregister: for a critical process that is a critical death.
+void Holder::registration_ended(Conn& c) {
     if (c.flags & FO_REG_CRITICAL)
         critical_death(c);
     else
@@ -430,10 +434,7 @@ void Holder::close_conn(uint64_t id) {
     auto it = conns_.find(id);
     if (it == conns_.end()) return;
     Conn& c = it->second;
-    if (c.flags & FO_REG_CRITICAL)
-        critical_death(c);
-    else
-        unregister(c);
+    registration_ended(c);
     epoll_ctl(ep_, EPOLL_CTL_DEL, c.fd, nullptr);
     ::close(c.fd);
     conns_.erase(it);

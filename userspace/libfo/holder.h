@@ -60,6 +60,7 @@ private:
     void accept_all();
     void on_conn_readable(uint64_t id);
     void on_pidfd(uint64_t id);
+    void registration_ended(Conn& c);
     void close_conn(uint64_t id);
     void unregister(Conn& c);
     void critical_death(Conn& c);
