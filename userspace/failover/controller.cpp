@@ -297,6 +297,7 @@ struct Controller::Impl {
     void on_message(const SessionRecord& r, Path, const Message&, int64_t, std::unique_lock<std::mutex>& lk) {
         if (state != State::kSecondary && state != State::kSecondaryNoPrimary) return;
         if (gate && r.op == SessionOp::kSetup) (void)gate->forget_seen({r.client_ip, r.client_port});
+        if (r.op == SessionOp::kTeardown) progress.erase(r.session);  // bounded by live sessions
         lk.unlock();  // the engine talks to streaming threads; never hold our lock across that
         auto s = engine.apply(r);
         lk.lock();

@@ -1,4 +1,5 @@
 #include "libfo/holder.h"
+#include "libfo/status_conv.h"
 
 #include "libfo/wire.h"
 
@@ -121,20 +122,7 @@ Holder::~Holder() {
     if (ep_ >= 0) ::close(ep_);
 }
 
-Status Holder::status() const {
-    Status s;
-    s.now = FoState{Type(type_), State(state_)};
-    s.last_cause = Cause(last_cause_);
-    s.generation = generation_;
-    s.message_armed = msg_armed_;
-    s.registered = registered_;
-    s.critical = critical_;
-    s.messages_sent = msg_sent_;
-    s.message_errors = msg_errors_;
-    s.signals_dropped = signals_dropped_;
-    s.critical_deaths = critical_deaths_;
-    return s;
-}
+Status Holder::status() const { return from_uapi(uapi_status()); }
 
 fo_status Holder::uapi_status() const {
     fo_status st{};
