@@ -89,9 +89,9 @@ lab_start_daemon() {  # (re)starts oneframed in NODE with its existing config
 # verify_on CLIENT ARGS...: fo-verify in a client namespace; JSON on stdout.
 verify_on() { local node=$1; shift; "$LAB" exec "$node" -- "$VERIFY" "$@"; }
 
-jq_check() {  # jq_check DESCRIPTION FILE JQ-EXPRESSION (must be true)
-  local what=$1 file=$2 expr=$3
-  if [ "$(jq -r "$expr" "$file")" = "true" ]; then say "ok: $what"
+jq_check() {  # jq_check DESCRIPTION FILE JQ-EXPRESSION [JQ-ARGS...] (must be true)
+  local what=$1 file=$2 expr=$3; shift 3
+  if [ "$(jq -r "$@" "$expr" "$file")" = "true" ]; then say "ok: $what"
   else say "FAIL: $what ($expr)"; jq -c . "$file" | head -c 3000; echo; exit 1; fi
 }
 
@@ -127,10 +127,14 @@ pair_wait() {  # pair_wait NODE STATE [tries of 50 ms]
 
 # pair_fault FAULT ASSET RESULT_JSON: a viewer (fo-verify, cli1) and ffmpeg (cli2) play ASSET
 # through the pair; FAULT hits srv1 after FAULT_AT seconds; writes one JSON line of results.
+# fault_gap_ms is the largest gap between datagrams that touches the 200 ms after the fault (what
+# the failover cost the viewer); background_gap_ms the largest anywhere else (the machine's own
+# scheduling stalls: the lab shares two cores with everything else). early_takeover: the
+# secondary took over before the fault (a stall of the primary longer than the detection time).
 pair_fault() {
   local fault=$1 asset=$2 out=$3 name; name=$(basename "$asset")
   local url=rtsp://$STREAM_IP:554/$name
-  "$LAB" exec cli1 -- "$VERIFY" "$url" --compare "$asset" --json >"$WORK/v-$fault.json" 2>"$WORK/v-$fault.err" &
+  "$LAB" exec cli1 -- "$VERIFY" "$url" --compare "$asset" --top-gaps 64 --json >"$WORK/v-$fault.json" 2>"$WORK/v-$fault.err" &
   local vpid=$!
   local ffpid=""
   if [ -z "${NO_FFMPEG:-}" ]; then
@@ -143,6 +147,7 @@ pair_fault() {
   case $fault in
     kill) line=$("$LAB" fault kill srv1 oneframed) ;;
     hang) line=$("$LAB" fault hang srv1 oneframed) ;;
+    stall) line=$("$LAB" fault stall srv1 oneframed "${STALL_MS:-20}") ;;
     stream-down) line=$("$LAB" fault stream-down srv1) ;;
     private-down) line=$("$LAB" fault private-down srv1) ;;
     dark) line=$("$LAB" fault dark srv1) ;;
@@ -164,10 +169,14 @@ pair_fault() {
       gap_ms: .timing.largest_gap.ms, nominal_ms: .timing.median_interval_ms,
       gap_beyond_ms: (.timing.largest_gap.ms - .timing.median_interval_ms),
       gap_spans_fault: (.timing.largest_gap.prev_ns <= $at and $at <= .timing.largest_gap.at_ns),
+      fault_gap_ms: (([.timing.top_gaps[] | select(.at_ns >= $at and .prev_ns <= $at + 200e6) | .ms] | max)
+                     // (.timing.top_gaps | last | .ms)),
+      background_gap_ms: (([.timing.top_gaps[] | select(.at_ns < $at or .prev_ns > $at + 200e6) | .ms] | max) // 0),
       lost: .rtp.lost, duplicated: .rtp.duplicated, reordered: .rtp.reordered, cc_errors: .ts.cc_errors,
       in_order_complete: .compare.in_order_complete, datagrams: .datagrams,
       ffmpeg_rtp_missed: $ffmissed, ffmpeg_cc_failed: $ffcc,
       takeover: ($s2.takeovers > 0), srv2_state: $s2.failover_state,
+      early_takeover: ($s2.takeovers > 0 and $s2.last_detection_ns < $at),
       takeover_cause: $s2.last_takeover_cause,
       detection_ms: (if $s2.takeovers > 0 then (($s2.last_detection_ns - $at) / 1e6) else null end),
       flip_ms: (if $s2.takeovers > 0 then (($s2.last_takeover_ns - $at) / 1e6) else null end),

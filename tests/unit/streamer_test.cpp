@@ -203,6 +203,43 @@ TEST_F(StreamerTest, PauseReturnsResumePointAndResumeContinues) {
     EXPECT_FALSE((*t)->pause(*slot).ok());
 }
 
+// The send permit (a primary's lease): nothing leaves once it has run out, nothing is lost, and
+// when it is renewed every due datagram goes out, in order, at once.
+TEST_F(StreamerTest, SendPermitStopsShortOfTheLeaseAndLosesNothing) {
+    auto src = std::make_shared<CbrFileSource>(path_, kPackets, kBitrate, kExtent);
+    auto t = streamer::StreamThread::start({.max_sessions = 2, .extent_size = kExtent});
+    ASSERT_TRUE(t.ok()) << t.error().message;
+    auto slot = (*t)->add({src, dest_, true, 7});
+    ASSERT_TRUE(slot.ok());
+    int64_t start = realtime_ns() + 10'000'000;
+    // The permit ends 60 ms into the stream (datagrams every 0.53 ms at 20 Mb/s).
+    int64_t lease = start + 60'000'000;
+    (*t)->set_send_permit(lease);
+    ASSERT_TRUE((*t)->play(*slot, {0, start, 0, 0}).ok());
+    auto before = receive(100000, 200);  // everything until 200 ms of silence
+    ASSERT_FALSE(before.empty());
+    for (auto& r : before)
+        EXPECT_LT(r.arrival_ns, lease - streamer::StreamThread::kPermitMarginNs + 2'000'000)
+            << "a datagram left after the permit ran out";
+    EXPECT_LT(before.size(), pacer::datagram_count(kPackets, 0) / 2) << "the permit did not stop the thread";
+    EXPECT_GE((*t)->totals().permit_waits, 1u);
+
+    (*t)->set_send_permit(INT64_MAX);
+    uint64_t n = pacer::datagram_count(kPackets, 0);
+    auto after = receive(n - before.size());
+    ASSERT_EQ(before.size() + after.size(), n) << "datagrams were lost across the wait";
+    uint16_t expect = 0;
+    for (auto* part : {&before, &after})
+        for (auto& r : *part) {
+            uint16_t seq = uint16_t(r.bytes[2] << 8 | r.bytes[3]);
+            ASSERT_EQ(seq, expect) << "out of order after the permit was renewed";
+            ++expect;
+        }
+    // The backlog left at once on renewal: the first datagram after it is late by about the wait.
+    EXPECT_GE(after.front().arrival_ns, lease - streamer::StreamThread::kPermitMarginNs);
+    EXPECT_EQ((*t)->counters(*slot).state, streamer::SessionState::kFinished);
+}
+
 TEST_F(StreamerTest, RefusesWhenFullAndBadSegments) {
     auto src = std::make_shared<CbrFileSource>(path_, kPackets, kBitrate, kExtent);
     auto t = streamer::StreamThread::start({.max_sessions = 1, .extent_size = kExtent});

@@ -67,6 +67,7 @@ int main(int argc, char** argv) {
     uint16_t client_port = 0;
     int timeout_ms = 5000;
     std::optional<uint16_t> pcr_pid;
+    size_t top_gaps = 5;
     bool json = false, fail_on_loss = false, verbose = false;
 
     app.add_option("url", url_s, "RTSP URL: rtsp://HOST[:PORT]/ASSET");
@@ -97,6 +98,9 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--pcr-pid", pcr_pid, "PID whose PCRs give the schedule (default: the first PID carrying a PCR)")
         ->check(CLI::Range(0, 8190));
+    app.add_option("--top-gaps", top_gaps, "Report this many of the largest gaps between datagrams (timing.top_gaps)")
+        ->check(CLI::Range(0, 64))
+        ->capture_default_str();
     app.add_option("--compare", compare_path, "Source .ts file: check that every received TS packet is the next one in it")
         ->check(CLI::ExistingFile);
     app.add_option("--save", save_path, "Write the received TS packets to this file");
@@ -140,6 +144,7 @@ int main(int argc, char** argv) {
     if (ro.url) ao.mode = ro.transport == of::verify::Transport::Raw ? of::verify::Mode::Raw : of::verify::Mode::Rtp;
     else ao.mode = mode_s == "rtp" ? of::verify::Mode::Rtp : mode_s == "raw" ? of::verify::Mode::Raw : of::verify::Mode::Auto;
     ao.pcr_pid = pcr_pid;
+    ao.top_gaps = top_gaps;
     of::verify::Analyzer an(ao);
 
     Mapped src;

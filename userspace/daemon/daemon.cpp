@@ -333,6 +333,7 @@ void Daemon::status(dbus::Reply<dbus::Dict> reply) {
         {"deadline_misses", t.threads.deadline_misses},
         {"late_datagrams", t.threads.late_datagrams},
         {"send_errors", t.threads.send_errors},
+        {"lease_waits", t.threads.permit_waits},
         {"extent_reads", t.threads.reads},
         {"rtsp_connections", rtsp_->counters().connections_open},
         {"rtsp_requests", rtsp_->counters().requests},

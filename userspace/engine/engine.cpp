@@ -376,6 +376,10 @@ Status Engine::hold_all(bool on) {
     return {};
 }
 
+void Engine::set_send_permit(int64_t until_realtime_ns) {
+    for (auto& t : threads_) t->set_send_permit(until_realtime_ns);  // threads_ is fixed after create()
+}
+
 std::optional<uint64_t> Engine::packet_after_seq(uint64_t session, uint16_t seq) const {
     std::lock_guard lk(mu_);
     auto it = sessions_.find(session);
@@ -471,6 +475,7 @@ Totals Engine::totals() const {
         t.threads.send_errors += c.send_errors;
         t.threads.reads += c.reads;
         t.threads.loops += c.loops;
+        t.threads.permit_waits += c.permit_waits;
     }
     return t;
 }

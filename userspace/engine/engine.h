@@ -78,6 +78,8 @@ public:
     std::vector<Flow> flows() const;
     // Holds (or releases) every streaming thread: nothing is sent while held. See StreamThread::hold.
     Status hold_all(bool on);
+    // Every streaming thread's send permit (StreamThread::set_send_permit); INT64_MAX: no limit.
+    void set_send_permit(int64_t until_realtime_ns);
     // The first datagram after the one with RTP sequence `seq` (the last one the partner sent),
     // unwrapped around our own position. nullopt if the session is not playing.
     std::optional<uint64_t> packet_after_seq(uint64_t session, uint16_t seq) const;

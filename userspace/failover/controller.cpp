@@ -42,6 +42,9 @@ enum class Path { kPrivate, kLan };
 constexpr uint64_t kPrebuiltSeqBase = uint64_t(1) << 62;  // above any live sequence number
 constexpr int64_t kPrebuiltRefreshNs = 500'000'000;        // stays well inside kMaxClockSkewNs
 constexpr int64_t kSyncTimeoutNs = 2'000'000'000;
+// A lease a secondary grants ends this long before it could declare the primary failed: covers
+// the two servers' clock offset, which failover-sync bounds at 1 ms.
+constexpr int64_t kLeaseMarginNs = 2'000'000;
 
 [[maybe_unused]] std::string ip_text(in_addr a) {
     char b[INET_ADDRSTRLEN];
@@ -81,6 +84,10 @@ struct Controller::Impl {
     ControllerStatus st;
     std::atomic<int64_t> heard_mono[2] = {0, 0};  // last valid message from the partner, per path
     int64_t partner_ack_mono = 0;     // last ack (primary) or heartbeat (secondary)
+    int64_t last_tick_mono = 0;       // the previous primary tick (to tell our own stalls)
+    // The latest lease our secondary granted (its CLOCK_REALTIME; 0 none): as Primary we transmit
+    // only before it. See apply_lease().
+    int64_t granted_rt = 0;
     std::map<uint64_t, std::pair<uint64_t, int64_t>> progress;  // session -> (next_packet, realtime)
     uint32_t progress_cursor = 0;
     int64_t next_prebuilt_ns = 0;
@@ -97,6 +104,11 @@ struct Controller::Impl {
     int64_t period_ns() const { return int64_t(opts.heartbeat_ms) * 1'000'000; }
     int64_t silence_limit_ns() const { return period_ns() * opts.max_missed; }
     bool partner_configured() const { return opts.partner_private || opts.partner_admin; }
+    // A secondary declares the primary failed after silence_limit_ns() on both paths, counted
+    // from the last message it heard; every lease it grants in an ack ends this much earlier.
+    int64_t lease_span_ns() const {
+        return silence_limit_ns() - std::min(kLeaseMarginNs, silence_limit_ns() / 3);
+    }
 
     // ---- sending ----
     void send_on(Path p, const Body& body) {
@@ -150,24 +162,30 @@ struct Controller::Impl {
         return state;
     }
     void apply_gate(State prev) {
-        if (!gate) return;
         bool was = transmits(prev), now = transmits(state);
-        if (now && !was) {
-            active_since_rt = realtime_ns();
-            // Lease and fence guard against a partner that took over; a server without a
-            // partner has none, and its gate must not close because this thread was late.
-            if (partner_configured()) (void)gate->renew_lease(std::chrono::nanoseconds(lease_ns()));
-            else (void)gate->clear_lease();
+        if (now && !was) active_since_rt = realtime_ns();
+        if (gate && !now && was) (void)gate->set_role(gate::Role::Standby);
+        apply_lease();
+        if (gate && now && !was) {
             (void)gate->set_fence(partner_configured());
             (void)gate->set_role(gate::Role::Active);
-        } else if (!now && was) {
-            (void)gate->set_role(gate::Role::Standby);
         }
     }
-    // The lease ends one period after the partner's detection time: a hung primary stops
-    // transmitting at most that long after a partner took over, even where its fence cannot see
-    // the partner (a switch instead of a hub). Where it can, the fence stops it sooner.
-    int64_t lease_ns() const { return silence_limit_ns() + 2 * period_ns(); }
+    // The lease: a Primary (its secondary online) transmits only inside the lease that secondary
+    // granted in its latest heartbeat ack, and the secondary never takes over on silence before
+    // that lease has ended (lease_span_ns). So a primary that stalls, hangs or loses its partner
+    // stops before the partner can start, whichever side was slow. The gate enforces it against
+    // the kernel clock; the streaming threads stop a millisecond short of it and wait, so the gate
+    // never has to drop what a live primary meant to send. Alone (Primary_No_Secondary) a primary
+    // needs no lease; a server that does not transmit streams on into its closed gate (lockstep).
+    void apply_lease() {
+        int64_t until = state == State::kPrimary ? granted_rt : INT64_MAX;
+        if (gate) {
+            if (until == INT64_MAX || !transmits(state)) (void)gate->clear_lease();  // STANDBY drops anyway
+            else (void)gate->set_lease_expiry(std::max<int64_t>(1, until - realtime_ns() + monotonic_ns()));
+        }
+        engine.set_send_permit(transmits(state) ? until : INT64_MAX);
+    }
 
     // ---- the thread ----
     void run() {
@@ -262,7 +280,10 @@ struct Controller::Impl {
         bool partner_streaming = transmits(ps);
         if (state == State::kSecondaryNoPrimary && partner_streaming) partner_event(Event::kPartnerOnline);
         else if (state == State::kSecondary && !partner_streaming) partner_event(Event::kPartnerOffline);
-        send_on(p, HeartbeatAck{uint8_t(state), 0});
+        // Grant the primary a lease that ends before we could take over on silence. Only a
+        // Secondary can take over, so only a Secondary grants one.
+        uint64_t lease = state == State::kSecondary ? uint64_t(realtime_ns() + lease_span_ns()) : 0;
+        send_on(p, HeartbeatAck{uint8_t(state), lease});
     }
 
     void on_message(const HeartbeatAck& a, Path, const Message&, int64_t now, std::unique_lock<std::mutex>&) {
@@ -270,6 +291,10 @@ struct Controller::Impl {
         State ps = a.state < kStateCount ? State(a.state) : State::kUnconfigured;
         bool was_online = st.partner_state && online(*st.partner_state);
         st.partner_state = ps;
+        if (ps == State::kSecondary && int64_t(a.lease_until_ns) > granted_rt) {
+            granted_rt = int64_t(a.lease_until_ns);
+            if (state == State::kPrimary) apply_lease();  // else when we become Primary (below)
+        }
         if (state == State::kPrimaryNoSecondary && online(ps)) {
             partner_event(Event::kPartnerOnline);
         }
@@ -352,8 +377,11 @@ struct Controller::Impl {
                 st.last_error = "fenced: the partner transmits on the stream IP";
                 return;
             }
-            if (partner_configured()) (void)gate->renew_lease(std::chrono::nanoseconds(lease_ns()));
         }
+        // A tick that comes late means this thread (or all of us) was stalled: the partner's acks
+        // may be missing because our heartbeats were, so give it one period to answer.
+        bool we_stalled = last_tick_mono != 0 && now - last_tick_mono > 2 * period_ns();
+        last_tick_mono = now;
         if (!opts.stream_interface.empty() && !link_up(opts.stream_interface)) {
             fail_locally(FailureReason::kStreamInterface, opts.stream_interface + " is down");
             return;
@@ -374,7 +402,7 @@ struct Controller::Impl {
         }
         send_both(hb);
         ++st.heartbeats_sent;
-        if (state == State::kPrimary && now - partner_ack_mono > silence_limit_ns())
+        if (state == State::kPrimary && !we_stalled && now - partner_ack_mono > silence_limit_ns())
             partner_event(Event::kPartnerOffline);
         refresh_prebuilt();
     }
@@ -400,8 +428,9 @@ struct Controller::Impl {
 
     void fail_locally(FailureReason reason, const std::string& detail) {
         if (!transmits(state) && state != State::kPrimaryOffline) return;
-        send_both(FailoverNotice{uint8_t(reason), detail});
+        // Close our gate first: the partner takes over the moment the notice arrives.
         (void)run_event(Event::kLocalFailure, false);
+        send_both(FailoverNotice{uint8_t(reason), detail});
         st.last_error = std::string("local failure: ") + detail;
     }
 
@@ -534,6 +563,7 @@ Result<std::unique_ptr<Controller>> Controller::create(ControllerOptions options
             return make_error(s.error().code, "egress gate: " + s.error().message);
         if (!transmits(impl->state)) (void)gate->clear_flow_rules();
     }
+    impl->apply_lease();
     Impl* raw = impl.get();
     if (backend) {
         // The backend may change the state on its own (a critical process died): follow it.

@@ -106,7 +106,7 @@ Result<std::vector<uint8_t>> encode(const Message& m, std::span<const uint8_t> k
         }
     } else if (auto* a = std::get_if<HeartbeatAck>(&m.body)) {
         body.u8(a->state);
-        body.u64(a->acked_seq);
+        body.u64(a->lease_until_ns);
     } else if (auto* f = std::get_if<FailoverNotice>(&m.body)) {
         if (f->detail.size() > 256) return make_error(EMSGSIZE, "failover detail too long");
         body.u8(f->reason);
@@ -194,7 +194,7 @@ Result<Message> decode(std::span<const uint8_t> d, std::span<const uint8_t> key)
     case MsgType::kHeartbeatAck: {
         HeartbeatAck x;
         x.state = r.u8();
-        x.acked_seq = r.u64();
+        x.lease_until_ns = r.u64();
         m.body = x;
         break;
     }

@@ -57,7 +57,7 @@ struct Heartbeat {
 
 struct HeartbeatAck {
     uint8_t state = 0;
-    uint64_t acked_seq = 0;
+    uint64_t lease_until_ns = 0;  // secondary's CLOCK_REALTIME: the primary may transmit until then; 0 = none
 };
 
 struct FailoverNotice {

@@ -19,6 +19,7 @@ namespace {
 constexpr unsigned kBatch = 64;               // datagrams per sendmmsg
 constexpr int64_t kMaxSleepNs = 100'000'000;  // re-check commands at least every 100 ms
 constexpr int kSendBufferBytes = 4 << 20;
+constexpr int64_t kPermitPollNs = 500'000;     // re-check an exhausted send permit this often
 constexpr int64_t kByeDelayNs = 50'000'000;  // after the last datagram, so the BYE never overtakes it
 
 enum class BufState : uint8_t { kEmpty, kReading, kReady };
@@ -212,6 +213,11 @@ Status StreamThread::hold(bool on) {
     return post(c);
 }
 
+void StreamThread::set_send_permit(int64_t until_realtime_ns) {
+    permit_until_.store(until_realtime_ns, std::memory_order_release);
+    if (permit_waiting_flag_.load(std::memory_order_acquire)) reader_->wake();
+}
+
 Status StreamThread::remove(unsigned slot) {
     Command c{Command::kRemove};
     c.slot = slot;
@@ -247,6 +253,7 @@ ThreadCounters StreamThread::totals() const {
     t.sessions = sessions_.load(std::memory_order_relaxed);
     t.reads = reads_.load(std::memory_order_relaxed);
     t.loops = loops_.load(std::memory_order_relaxed);
+    t.permit_waits = permit_waits_.load(std::memory_order_relaxed);
     return t;
 }
 
@@ -530,10 +537,22 @@ void StreamThread::run() {
         loops_.fetch_add(1, std::memory_order_relaxed);
         handle_commands();
         int64_t now = realtime_ns();
-        if (!held_) service(now);
+        int64_t permit = permit_until_.load(std::memory_order_acquire);
+        bool permitted = permit == INT64_MAX || now < permit - kPermitMarginNs;
+        bool due = !heap_.empty() && heap_.front().when <= now;
+        if (!held_ && permitted) service(now);
+        // Count each wait for a permit once, not every turn of it.
+        bool waiting = !held_ && !permitted && due;
+        if (waiting && !permit_waiting_) permit_waits_.fetch_add(1, std::memory_order_relaxed);
+        permit_waiting_ = waiting;
+        permit_waiting_flag_.store(waiting, std::memory_order_release);
         int64_t wait = kMaxSleepNs;
-        if (!heap_.empty() && !held_)
+        if (!heap_.empty() && !held_) {
             wait = std::clamp<int64_t>(heap_.front().when + options_.batch_window_ns - realtime_ns(), 0, kMaxSleepNs);
+            // Out of permit with datagrams due: set_send_permit() wakes us; sleep in short steps
+            // anyway, because its wake can race with the flag above.
+            if (waiting) wait = kPermitPollNs;
+        }
         auto r = reader_->wait(wait, on_done);
         if (!r) {
             // The ring itself failed: nothing can be read any more. Fail every session.

@@ -61,6 +61,7 @@ struct ThreadCounters {
     uint64_t send_errors = 0;
     uint64_t reads = 0;
     uint64_t loops = 0;
+    uint64_t permit_waits = 0;     // times datagrams were due but the send permit had run out
 };
 
 class StreamThread {
@@ -95,6 +96,15 @@ public:
     // While held, the thread sends nothing at all (reads go on); on release every due datagram
     // goes out in order. A takeover holds, rewinds sessions, opens the gate, releases.
     Status hold(bool on);
+    // The send permit: datagrams leave only while CLOCK_REALTIME is before `until` less
+    // kPermitMarginNs (INT64_MAX: no limit, the default). A primary transmits inside a lease its
+    // secondary granted, and the gate drops whatever leaves after the lease; the thread stops
+    // short of it instead, so nothing is dropped: while the permit has run out the thread
+    // behaves as held, and once it is renewed every due datagram goes out in order.
+    void set_send_permit(int64_t until_realtime_ns);
+    // The permit ends this much before the lease, so that a datagram the thread decided to send
+    // reaches the gate while the lease still runs (sendmmsg of a batch takes microseconds).
+    static constexpr int64_t kPermitMarginNs = 1'000'000;
 
     SessionCounters counters(unsigned slot) const;
     ThreadCounters totals() const;
@@ -125,6 +135,9 @@ private:
     std::thread thread_;
     std::atomic<bool> stop_{false};
     bool held_ = false;
+    std::atomic<int64_t> permit_until_{INT64_MAX};
+    bool permit_waiting_ = false;  // the loop found the permit run out with datagrams due
+    std::atomic<bool> permit_waiting_flag_{false};  // the same, for set_send_permit()
 
     std::mutex mu_;
     std::vector<Command*> pending_;
@@ -134,7 +147,7 @@ private:
     struct Batch;
     std::unique_ptr<Batch> batch_;
 
-    std::atomic<uint64_t> sessions_{0}, reads_{0}, loops_{0};
+    std::atomic<uint64_t> sessions_{0}, reads_{0}, loops_{0}, permit_waits_{0};
     ThreadCounters retired_;  // counters of removed sessions, so totals() never goes down
     mutable std::mutex retired_mu_;
 };
