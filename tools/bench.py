@@ -243,8 +243,8 @@ def cmd_report(d):
             faults.append(r["fault"])
     frows = []
     md += ["## 4. Failover (pair in the lab, one fo-verify viewer, fault at 2 s)", "",
-           "| fault | runs (ok) | takeovers (before the fault) | gap beyond nominal ms | lost | duplicated | in order complete | detection ms | flip ms |",
-           "| --- | ---: | ---: | --- | --- | --- | ---: | --- | --- |"]
+           "| fault | runs (ok) | takeovers (before the fault) | gap at the fault beyond nominal ms | largest gap elsewhere ms | lost | duplicated | in order complete | detection ms | flip ms |",
+           "| --- | ---: | ---: | --- | --- | --- | --- | ---: | --- | --- |"]
 
     def mm(s, digits=1):
         if s is None:
@@ -258,6 +258,9 @@ def cmd_report(d):
                "takeovers": sum(1 for r in ok if r.get("takeover")),
                "in_order_complete": sum(1 for r in ok if r.get("in_order_complete")),
                "gap_beyond_ms": stats([r.get("gap_beyond_ms") for r in ok]),
+               "fault_gap_beyond_ms": stats([r["fault_gap_ms"] - r["nominal_ms"] for r in ok
+                                             if r.get("fault_gap_ms") is not None and r.get("nominal_ms") is not None]),
+               "background_gap_ms": stats([r.get("background_gap_ms") for r in ok]),
                "lost": stats([r.get("lost") for r in ok]), "duplicated": stats([r.get("duplicated") for r in ok]),
                # A takeover stamped before the fault was not caused by it (a spurious detection
                # on a starved machine): counted apart, kept out of the detection/flip figures.
@@ -266,13 +269,15 @@ def cmd_report(d):
                "flip_ms": stats([r.get("flip_ms") for r in ok if (r.get("flip_ms") or -1) >= 0]),
                "errors": [r["error"] for r in runs if "error" in r]}
         frows.append(row)
-        md.append(f"| {f} | {row['runs']} ({row['ok_runs']}) | {row['takeovers']} ({row['takeover_before_fault']}) | {mm(row['gap_beyond_ms'], 2)} | "
+        md.append(f"| {f} | {row['runs']} ({row['ok_runs']}) | {row['takeovers']} ({row['takeover_before_fault']}) | {mm(row['fault_gap_beyond_ms'], 2)} | "
+                  f"{mm(row['background_gap_ms'], 1)} | "
                   f"{mm(row['lost'], 0)} | {mm(row['duplicated'], 0)} | {row['in_order_complete']}/{row['ok_runs']} | "
                   f"{mm(row['detection_ms'])} | {mm(row['flip_ms'])} |")
     rep["failover"] = frows
     md += ["", "Failover cells are median / max. detection: fault to the secondary declaring it; flip: fault to "
-           "its gate open, both only over takeovers after the fault; gap beyond nominal: the viewer's largest inter-datagram gap minus the median "
-           "interval. private-down is expected to cause no takeover (heartbeats cross the stream LAN).", ""]
+           "its gate open, both only over takeovers after the fault; gap at the fault beyond nominal: the largest inter-datagram gap at the "
+           "viewer touching the 200 ms after the fault, minus the median interval; largest gap elsewhere: the machine's own stalls, no fault "
+           "involved. private-down is expected to cause no takeover (heartbeats cross the stream LAN); stall (SIGSTOP 20 ms) may or may not.", ""]
     for row in frows:
         for e in row["errors"][:3]:
             md.append(f"- {row['fault']}: a run failed: {e}")

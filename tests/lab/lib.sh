@@ -157,13 +157,13 @@ pair_fault() {
   wait $vpid || true
   [ -n "$ffpid" ] && { wait "$ffpid" || true; }
   [ "$fault" = hang ] && "$LAB" fault resume srv1 oneframed >/dev/null
-  local s2; s2=$(foctl_on srv2 --json status)
+  local s2 s1; s2=$(foctl_on srv2 --json status); s1=$(foctl_on srv1 --json status 2>/dev/null || echo '{}')
   local missed=0 ccfail=0
   if [ -z "${NO_FFMPEG:-}" ]; then
     missed=$(grep -c 'RTP: missed' "$WORK/ff-$fault.log" || true)
     ccfail=$(grep -c 'Continuity check failed' "$WORK/ff-$fault.log" || true)
   fi
-  jq -c --argjson at "$at_ns" --argjson s2 "$s2" --arg fault "$fault" \
+  jq -c --argjson at "$at_ns" --argjson s2 "$s2" --argjson s1 "$s1" --arg fault "$fault" \
      --argjson ffmissed "$missed" --argjson ffcc "$ccfail" '{
       fault: $fault,
       gap_ms: .timing.largest_gap.ms, nominal_ms: .timing.median_interval_ms,
@@ -180,6 +180,11 @@ pair_fault() {
       takeover_cause: $s2.last_takeover_cause,
       detection_ms: (if $s2.takeovers > 0 then (($s2.last_detection_ns - $at) / 1e6) else null end),
       flip_ms: (if $s2.takeovers > 0 then (($s2.last_takeover_ns - $at) / 1e6) else null end),
-      resumed_from_hub: $s2.sessions_resumed_from_hub, resumed_from_heartbeat: $s2.sessions_resumed_from_heartbeat
+      resumed_from_hub: $s2.sessions_resumed_from_hub, resumed_from_heartbeat: $s2.sessions_resumed_from_heartbeat,
+      # Where to look when something was lost (srv1 is gone after kill: nulls).
+      end_reason, socket_drops: .receive.socket_drops, first_error_packet: .compare.first_error_packet,
+      rtp_first_seq: .rtp.first_seq, rtp_last_seq: .rtp.last_seq,
+      srv1_lease_drops: $s1.gate_eg_drop_lease, srv1_lease_waits: $s1.lease_waits, srv1_state: $s1.failover_state,
+      srv2_lease_drops: $s2.gate_eg_drop_lease, srv2_fence_drops: $s2.gate_eg_drop_fence
     }' "$WORK/v-$fault.json" >"$out"
 }

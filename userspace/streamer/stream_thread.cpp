@@ -6,6 +6,7 @@
 #include <sched.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -473,11 +474,26 @@ bool StreamThread::produce(Slot& s, unsigned slot_index, int64_t now) {
     return true;
 }
 
+bool StreamThread::permitted(int64_t now) const {
+    int64_t permit = permit_until_.load(std::memory_order_acquire);
+    return permit == INT64_MAX || now < permit - kPermitMarginNs;
+}
+
 void StreamThread::flush() {
     Batch& bt = *batch_;
     unsigned done = 0;
     int eagain_rounds = 0;
     while (done < bt.n) {
+        // The permit again, right before the send: the loop turn that produced this batch may
+        // have begun long ago (a backlog, a stall). Out of permit, the batch waits here: the
+        // controller renews the permit or lifts it (Primary_No_Secondary, standby) soon.
+        if (!permitted(realtime_ns())) {
+            permit_waits_.fetch_add(1, std::memory_order_relaxed);
+            while (!permitted(realtime_ns()) && !stop_.load(std::memory_order_relaxed)) {
+                timespec t{0, kPermitPollNs / 4};
+                nanosleep(&t, nullptr);
+            }
+        }
         int r = sendmmsg(sock_, bt.msgs + done, bt.n - done, 0);
         if (r > 0) {
             done += unsigned(r);
@@ -537,12 +553,11 @@ void StreamThread::run() {
         loops_.fetch_add(1, std::memory_order_relaxed);
         handle_commands();
         int64_t now = realtime_ns();
-        int64_t permit = permit_until_.load(std::memory_order_acquire);
-        bool permitted = permit == INT64_MAX || now < permit - kPermitMarginNs;
+        bool may_send = permitted(now);
         bool due = !heap_.empty() && heap_.front().when <= now;
-        if (!held_ && permitted) service(now);
+        if (!held_ && may_send) service(now);
         // Count each wait for a permit once, not every turn of it.
-        bool waiting = !held_ && !permitted && due;
+        bool waiting = !held_ && !may_send && due;
         if (waiting && !permit_waiting_) permit_waits_.fetch_add(1, std::memory_order_relaxed);
         permit_waiting_ = waiting;
         permit_waiting_flag_.store(waiting, std::memory_order_release);

@@ -123,6 +123,7 @@ private:
     bool produce(Slot& s, unsigned slot_index, int64_t now);
     bool ensure_extent(Slot& s, unsigned slot_index, uint64_t extent, int64_t keep);
     void flush();
+    bool permitted(int64_t now_realtime_ns) const;
     void send_bye(const Slot& s);
     void schedule(Slot& s, unsigned slot_index);
     Result<uint64_t> call(Command& c);
