@@ -100,6 +100,9 @@ jq_check() {  # jq_check DESCRIPTION FILE JQ-EXPRESSION [JQ-ARGS...] (must be tr
 # the secondary synchronized and streaming: Primary / Secondary.
 pair_up() {
   local asset=$1
+  # A fresh pair: no gate state (role, lease, fence, ingress record, counters) pinned by the
+  # previous pair of this test run; a restarted daemon (failback) keeps its pins on purpose.
+  rm -rf "/sys/fs/bpf/$OF_LAB_NAME-srv1" "/sys/fs/bpf/$OF_LAB_NAME-srv2"
   head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/peer.key"
   local common=("peer_key_file = $WORK/peer.key" "failover_heartbeat_freq_ms = ${PAIR_HB_MS:-5}"
                 "max_missed_heartbeats = ${PAIR_MISSED:-3}" "streamer_rt_priority = ${PAIR_STREAM_RT:-40}")

@@ -5,6 +5,7 @@
 #include <map>
 #include <string>
 
+#include "failover/controller.h"
 #include "failover/state_machine.h"
 
 namespace {
@@ -130,3 +131,20 @@ TEST(FailoverFsm, NineNamedStatesMapToTypeAndStatePairs) {
 }
 
 }  // namespace
+
+// The lease needs the detection time to exceed one heartbeat period by 6 ms (controller.h).
+TEST(HeartbeatSettings, DetectionLeavesRoomForTheLease) {
+    using of::failover::check_heartbeat_settings;
+    EXPECT_TRUE(check_heartbeat_settings(5, 3).ok());     // the defaults: 15 ms
+    EXPECT_TRUE(check_heartbeat_settings(3, 3).ok());     // 9 ms: exactly 6 ms over a period
+    EXPECT_TRUE(check_heartbeat_settings(1000, 100).ok());
+    EXPECT_FALSE(check_heartbeat_settings(5, 2).ok());    // 10 ms: a primary would wait every period
+    EXPECT_FALSE(check_heartbeat_settings(1, 3).ok());
+    EXPECT_FALSE(check_heartbeat_settings(50, 1).ok());   // one missed heartbeat is no slack at all
+    EXPECT_FALSE(check_heartbeat_settings(0, 3).ok());
+    EXPECT_FALSE(check_heartbeat_settings(5, 0).ok());
+    EXPECT_FALSE(check_heartbeat_settings(1001, 3).ok());
+    EXPECT_FALSE(check_heartbeat_settings(5, 101).ok());
+    auto e = check_heartbeat_settings(5, 2);
+    EXPECT_NE(e.error().message.find("5 ms x 2"), std::string::npos) << e.error().message;
+}

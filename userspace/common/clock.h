@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <ctime>
+#include <limits>
 
 namespace of {
 
@@ -16,6 +17,21 @@ inline int64_t clock_ns(clockid_t id) {
 }
 inline int64_t realtime_ns() { return clock_ns(CLOCK_REALTIME); }
 inline int64_t monotonic_ns() { return clock_ns(CLOCK_MONOTONIC); }
+
+// CLOCK_REALTIME minus CLOCK_MONOTONIC, read so that a preemption between the two reads does not
+// skew it: the read of the realtime clock bracketed by two monotonic reads closest together.
+inline int64_t realtime_minus_monotonic_ns() {
+    int64_t best = 0, best_span = std::numeric_limits<int64_t>::max();
+    for (int i = 0; i < 3; ++i) {
+        int64_t m1 = monotonic_ns(), r = realtime_ns(), m2 = monotonic_ns();
+        if (m2 - m1 < best_span) {
+            best_span = m2 - m1;
+            best = r - m1 - (m2 - m1) / 2;
+        }
+        if (best_span < 10'000) break;  // a clean read: done
+    }
+    return best;
+}
 
 inline timespec ns_to_timespec(int64_t ns) {
     return timespec{time_t(ns / 1'000'000'000), long(ns % 1'000'000'000)};

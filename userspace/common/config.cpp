@@ -151,7 +151,7 @@ const std::vector<Key>& keys() {
          path(&Config::run_dir)},
         {"failover_heartbeat_freq_ms", "ms", "5", "Failover_Heartbeat_Freq: heartbeat period on the private link (1..1000).",
          uint_in(&Config::failover_heartbeat_freq_ms, 1, 1000)},
-        {"max_missed_heartbeats", "count", "3", "Max_Missed_Heartbeats before the secondary declares a failure (1..100).",
+        {"max_missed_heartbeats", "count", "3", "Max_Missed_Heartbeats before the secondary declares a failure (1..100); (this - 1) x the heartbeat period must be at least 6 ms (the primary's lease).",
          uint_in(&Config::max_missed_heartbeats, 1, 100)},
         {"failover_role", "standalone|primary|secondary", "standalone",
          "Role at start-up: standalone (no partner), or set_config_type primary/secondary with the partner below.",

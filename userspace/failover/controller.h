@@ -55,6 +55,14 @@ enum class FailureReason : uint8_t {
 };
 const char* to_string(FailureReason r);
 
+// The lease a secondary grants (docs/failover.md) ends 2 ms before its detection time
+// (heartbeat_ms × max_missed), and the primary's senders stop 3 ms before that: so that they need
+// not wait between two acks, the detection time must exceed one heartbeat period by this much.
+constexpr uint32_t kMinDetectionSlackMs = 6;
+// EINVAL with the reason unless 1 <= heartbeat_ms <= 1000, 1 <= max_missed <= 100 and
+// (max_missed - 1) × heartbeat_ms >= kMinDetectionSlackMs.
+Status check_heartbeat_settings(uint32_t heartbeat_ms, uint32_t max_missed);
+
 struct ControllerOptions {
     uint32_t heartbeat_ms = 5;
     uint32_t max_missed = 3;

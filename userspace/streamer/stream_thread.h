@@ -103,8 +103,10 @@ public:
     // behaves as held, and once it is renewed every due datagram goes out in order.
     void set_send_permit(int64_t until_realtime_ns);
     // The permit ends this much before the lease, so that a datagram the thread decided to send
-    // reaches the gate while the lease still runs (sendmmsg of a batch takes microseconds).
-    static constexpr int64_t kPermitMarginNs = 1'000'000;
+    // reaches the gate while the lease still runs: sendmmsg of a batch takes microseconds, but a
+    // virtual CPU can be descheduled for milliseconds in between (measured here: 1-5 ms stalls
+    // several times a second), and a datagram the gate drops for the lease is lost.
+    static constexpr int64_t kPermitMarginNs = 3'000'000;
 
     SessionCounters counters(unsigned slot) const;
     ThreadCounters totals() const;
