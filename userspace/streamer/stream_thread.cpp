@@ -215,7 +215,15 @@ Status StreamThread::hold(bool on) {
 }
 
 void StreamThread::set_send_permit(int64_t until_realtime_ns) {
-    permit_until_.store(until_realtime_ns, std::memory_order_release);
+    int64_t was = permit_until_.exchange(until_realtime_ns, std::memory_order_acq_rel);
+    // Under a permit, ask the kernel to report datagrams that the gate refused (ENOBUFS): sent
+    // after a stall that outlasted the lease, they are sent again once the lease is renewed
+    // instead of being lost. Without one, the gate's refusals (standby) are expected and silent.
+    // A socket option, safe from any thread; flush() copes with either setting.
+    if ((was == INT64_MAX) != (until_realtime_ns == INT64_MAX)) {
+        int on = until_realtime_ns != INT64_MAX;
+        (void)setsockopt(sock_, IPPROTO_IP, IP_RECVERR, &on, sizeof on);
+    }
     if (permit_waiting_flag_.load(std::memory_order_acquire)) reader_->wake();
 }
 
@@ -483,6 +491,7 @@ void StreamThread::flush() {
     Batch& bt = *batch_;
     unsigned done = 0;
     int eagain_rounds = 0;
+    bool retried = false;
     while (done < bt.n) {
         // The permit again, right before the send: the loop turn that produced this batch may
         // have begun long ago (a backlog, a stall). Out of permit, the batch waits here: the
@@ -497,21 +506,48 @@ void StreamThread::flush() {
         int r = sendmmsg(sock_, bt.msgs + done, bt.n - done, 0);
         if (r > 0) {
             done += unsigned(r);
+            retried = false;
             continue;
         }
-        if (r < 0 && (errno == EAGAIN || errno == ENOBUFS) && eagain_rounds < 100) {
+        int e = errno;
+        if (r < 0 && e == EINTR) continue;
+        // Refused by the gate because the lease ran out between our check and the send (the CPU
+        // was taken away): wait for the renewed permit above, then send it again.
+        if (r < 0 && e == ENOBUFS && !permitted(realtime_ns())) continue;
+        if (r < 0 && (e == EAGAIN || e == ENOBUFS) && eagain_rounds < 100) {
             // Socket buffer full: wait for room rather than lose a datagram.
             pollfd p{sock_, POLLOUT, 0};
             poll(&p, 1, 1);
             ++eagain_rounds;
             continue;
         }
-        if (r < 0 && errno == EINTR) continue;
+        // Under a permit the socket reports ICMP errors (a client's closed port): the first send
+        // after one fails with it and sends nothing. Clear the queue and send that datagram again.
+        if (r < 0 && !retried && e != EAGAIN && e != ENOBUFS) {
+            drain_error_queue();
+            retried = true;
+            continue;
+        }
         // This datagram cannot be sent (no route, ...): count it against its session, go on.
         slots_[bt.slot[done]]->send_errors.fetch_add(1, std::memory_order_relaxed);
         ++done;
+        retried = false;
     }
     bt.n = 0;
+}
+
+void StreamThread::drain_error_queue() {
+    uint8_t buf[64];
+    char ctl[512];
+    for (int i = 0; i < 256; ++i) {  // bounded: the queue is bounded by the receive buffer anyway
+        iovec iov{buf, sizeof buf};
+        msghdr m{};
+        m.msg_iov = &iov;
+        m.msg_iovlen = 1;
+        m.msg_control = ctl;
+        m.msg_controllen = sizeof ctl;
+        if (recvmsg(sock_, &m, MSG_ERRQUEUE | MSG_DONTWAIT) < 0) return;
+    }
 }
 
 // RFC 3550 compound packet: an empty receiver report, then BYE for the session's SSRC.

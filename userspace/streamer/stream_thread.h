@@ -126,6 +126,7 @@ private:
     bool ensure_extent(Slot& s, unsigned slot_index, uint64_t extent, int64_t keep);
     void flush();
     bool permitted(int64_t now_realtime_ns) const;
+    void drain_error_queue();
     void send_bye(const Slot& s);
     void schedule(Slot& s, unsigned slot_index);
     Result<uint64_t> call(Command& c);
