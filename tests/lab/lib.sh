@@ -29,6 +29,12 @@ lab_init() {  # lab_init NAME [lab up options...]
   "$LAB" up "$@" >"$WORK/lab-up.log" 2>&1 || { cat "$WORK/lab-up.log"; fail "tools/lab up $*"; }
 }
 
+# lab_fresh [lab up options...]: the lab taken down and built again, saying why if either fails.
+lab_fresh() {
+  "$LAB" down >"$WORK/lab-down.log" 2>&1 || { cat "$WORK/lab-down.log"; fail "tools/lab down"; }
+  "$LAB" up "$@" >"$WORK/lab-up.log" 2>&1 || { cat "$WORK/lab-up.log"; fail "tools/lab up $*"; }
+}
+
 lab_cleanup() {
   local rc=$?
   if [ $rc -ne 0 ] && [ -d "$WORK" ]; then
