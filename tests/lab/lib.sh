@@ -103,7 +103,8 @@ jq_check() {  # jq_check DESCRIPTION FILE JQ-EXPRESSION [JQ-ARGS...] (must be tr
 
 # ---- failover pair -------------------------------------------------------------------------
 # pair_up ASSET: srv1 primary and srv2 secondary with a shared key, the asset ingested on both,
-# the secondary synchronized and streaming: Primary / Secondary.
+# the secondary synchronized and streaming: Primary / Secondary. Returns 2 if a stall of the
+# machine made srv2 take over on the way (start again).
 pair_up() {
   local asset=$1
   # A fresh pair: no gate state (role, lease, fence, ingress record, counters) pinned by the
@@ -120,7 +121,15 @@ pair_up() {
   foctl_on srv2 asset add "$asset" --name "$(basename "$asset")" >/dev/null
   foctl_on srv2 failover-sync >/dev/null || fail "failover-sync on srv2"
   foctl_on srv2 start-streaming >/dev/null || fail "start-streaming on srv2"
-  pair_wait srv1 Primary && pair_wait srv2 Secondary || fail "the pair did not reach Primary/Secondary"
+  if ! { pair_wait srv1 Primary && pair_wait srv2 Secondary; }; then
+    # A stall of the machine can make srv2 take over (cleanly) while the pair comes up: returns 2
+    # so that the caller can start again; anything else is a failure.
+    if foctl_on srv2 --json status | jq -e '.takeovers > 0 and (.last_takeover_cause | startswith("missed"))' >/dev/null; then
+      say "note: a stall made srv2 take over while the pair came up"
+      return 2
+    fi
+    fail "the pair did not reach Primary/Secondary"
+  fi
 }
 
 state_of() { foctl_on "$1" --json status 2>/dev/null | jq -r .failover_state; }
