@@ -102,6 +102,11 @@ jq_check() {  # jq_check DESCRIPTION FILE JQ-EXPRESSION [JQ-ARGS...] (must be tr
 }
 
 # ---- failover pair -------------------------------------------------------------------------
+# took_over_on_silence NODE: NODE took over because its partner fell silent (a stall, or a fault).
+took_over_on_silence() {
+  foctl_on "$1" --json status | jq -e '.takeovers > 0 and (.last_takeover_cause | startswith("missed"))' >/dev/null
+}
+
 # pair_up ASSET: srv1 primary and srv2 secondary with a shared key, the asset ingested on both,
 # the secondary synchronized and streaming: Primary / Secondary. Returns 2 if a stall of the
 # machine made srv2 take over on the way (start again).
@@ -124,7 +129,7 @@ pair_up() {
   if ! { pair_wait srv1 Primary && pair_wait srv2 Secondary; }; then
     # A stall of the machine can make srv2 take over (cleanly) while the pair comes up: returns 2
     # so that the caller can start again; anything else is a failure.
-    if foctl_on srv2 --json status | jq -e '.takeovers > 0 and (.last_takeover_cause | startswith("missed"))' >/dev/null; then
+    if took_over_on_silence srv2; then
       say "note: a stall made srv2 take over while the pair came up"
       return 2
     fi

@@ -33,7 +33,9 @@
 #include <tuple>
 #include <vector>
 
+#include "cbr_source.h"
 #include "common/clock.h"
+#include "streamer/stream_thread.h"
 
 namespace {
 
@@ -1306,6 +1308,59 @@ TEST_F(GateNet, UdpGsoBatchesAreJudgedWholeOnTheRealPath) {
     EXPECT_EQ(box.total, 8);
     EXPECT_EQ(box.seqs.begin()->first, 1016);
     EXPECT_EQ(delta(c1, counters(), GATE_EG_DROP_GSO_SPLIT), 1u);
+}
+
+// A primary's streaming thread whose lease has ended in the gate while the thread still believes
+// it may send (as when its CPU is taken away between its check and its send; here its permit is
+// simply set 30 ms longer): the gate refuses those datagrams, the socket says so (IP_RECVERR under
+// a permit: ENOBUFS), the thread holds them until its permit runs out, waits for the renewal and
+// sends them again. Nothing lost, nothing twice, in order; the refusals are counted.
+TEST_F(GateNet, StreamingThreadSendsAgainWhatAnExpiredLeaseRefused) {
+    constexpr uint64_t kPackets = 7 * 200;  // 200 datagrams, one every 0.53 ms at 20 Mb/s
+    constexpr uint32_t kExtent = 1316 * 8;
+    char tmpl[] = "/tmp/of-gate-stream-XXXXXX";
+    int fd = mkstemp(tmpl);
+    ASSERT_GE(fd, 0);
+    auto data = of::test::make_ts(kPackets);
+    ASSERT_EQ(write(fd, data.data(), data.size()), ssize_t(data.size()));
+    close(fd);
+    struct Unlink {
+        std::string p;
+        ~Unlink() { unlink(p.c_str()); }
+    } unlink_file{tmpl};
+    auto src = std::make_shared<of::test::CbrFileSource>(tmpl, kPackets, 20'000'000, kExtent);
+    std::unique_ptr<of::streamer::StreamThread> t;
+    {
+        InNetns in(*srv);  // the thread and its socket live in the server's namespace
+        auto r = of::streamer::StreamThread::start(
+            {.max_sessions = 2, .extent_size = kExtent, .source_ip = kStream, .source_port = kSrcPort + 2});
+        ASSERT_TRUE(r.ok()) << r.error().message;
+        t = std::move(*r);
+    }
+    ASSERT_TRUE(gate->set_role(Role::Active).ok());
+    ASSERT_TRUE(gate->set_lease_expiry(of::monotonic_ns() - 1).ok());  // the lease has ended
+    // ... but the thread's permit runs 30 ms longer.
+    t->set_send_permit(of::realtime_ns() + of::streamer::StreamThread::kPermitMarginNs + 30'000'000);
+    auto c0 = counters();
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_addr = kClient;
+    to.sin_port = htons(kPort);
+    auto slot = t->add({src, to, true, 7});
+    ASSERT_TRUE(slot.ok()) << slot.error().message;
+    ASSERT_TRUE(t->play(*slot, {0, of::realtime_ns(), 0, 0}).ok());
+    // The partner renews the lease 100 ms later (it would; here the test does).
+    poll(nullptr, 0, 100);
+    EXPECT_GE(delta(c0, counters(), GATE_EG_DROP_LEASE), 1u) << "the gate refused nothing: the test tests nothing";
+    ASSERT_TRUE(gate->clear_lease().ok());
+    t->set_send_permit(INT64_MAX);
+    ASSERT_TRUE(wait_until([&] { return t->counters(*slot).state == of::streamer::SessionState::kFinished; }));
+    Inbox box = finish();
+    EXPECT_EQ(box.total, 200) << "lost or duplicated datagrams";
+    EXPECT_EQ(box.seqs.size(), 200u);
+    EXPECT_EQ(box.duplicates(), 0);
+    EXPECT_EQ(t->counters(*slot).send_errors, 0u);
+    EXPECT_GE(t->totals().permit_waits, 1u);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -515,9 +515,16 @@ void StreamThread::flush() {
         // was taken away): wait for the renewed permit above, then send it again.
         if (r < 0 && e == ENOBUFS && !permitted(realtime_ns())) continue;
         if (r < 0 && (e == EAGAIN || e == ENOBUFS) && eagain_rounds < 100) {
-            // Socket buffer full: wait for room rather than lose a datagram.
-            pollfd p{sock_, POLLOUT, 0};
-            poll(&p, 1, 1);
+            // Socket buffer full (EAGAIN): wait for room rather than lose a datagram. ENOBUFS is
+            // the device or the gate refusing it (a fence, a lease the controller is about to
+            // renew or give up): the socket has room, so just give it a millisecond, 100 at most.
+            if (e == EAGAIN) {
+                pollfd p{sock_, POLLOUT, 0};
+                poll(&p, 1, 1);
+            } else {
+                timespec ms{0, 1'000'000};
+                nanosleep(&ms, nullptr);
+            }
             ++eagain_rounds;
             continue;
         }
