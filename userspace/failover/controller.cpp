@@ -90,6 +90,8 @@ struct Controller::Impl {
     // The latest lease our secondary granted (its CLOCK_REALTIME; 0 none): as Primary we transmit
     // only before it. See apply_lease().
     int64_t granted_rt = 0;
+    int64_t applied_permit = INT64_MAX;  // what the streaming threads were last told
+    bool pending_snapshot = false;       // [0090] records still to send (the engine was busy)
     std::map<uint64_t, std::pair<uint64_t, int64_t>> progress;  // session -> (next_packet, realtime)
     uint32_t progress_cursor = 0;
     int64_t next_prebuilt_ns = 0;
@@ -182,11 +184,17 @@ struct Controller::Impl {
     // needs no lease; a server that does not transmit streams on into its closed gate (lockstep).
     void apply_lease() {
         int64_t until = state == State::kPrimary ? granted_rt : INT64_MAX;
+        int64_t permit = transmits(state) ? until : INT64_MAX;
+        // A shorter permit before the gate's lease, a longer one after it: the gate never
+        // refuses what the threads were told they may send (short of a stall, see flush()).
+        bool shorter = permit < applied_permit;
+        if (shorter) engine.set_send_permit(permit);
         if (gate) {
             if (until == INT64_MAX || !transmits(state)) (void)gate->clear_lease();  // STANDBY drops anyway
             else (void)gate->set_lease_expiry(std::max<int64_t>(1, until - realtime_minus_monotonic_ns()));
         }
-        engine.set_send_permit(transmits(state) ? until : INT64_MAX);
+        if (!shorter) engine.set_send_permit(permit);
+        applied_permit = permit;
     }
 
     // ---- the thread ----
@@ -282,28 +290,44 @@ struct Controller::Impl {
         bool partner_streaming = transmits(ps);
         if (state == State::kSecondaryNoPrimary && partner_streaming) partner_event(Event::kPartnerOnline);
         else if (state == State::kSecondary && !partner_streaming) partner_event(Event::kPartnerOffline);
-        // Grant the primary a lease that ends before we could take over on silence. Only a
-        // Secondary can take over, so only a Secondary grants one.
-        uint64_t lease = state == State::kSecondary ? uint64_t(realtime_ns() + lease_span_ns()) : 0;
+        // Grant the primary a lease that ends before we could take over on silence, timed from
+        // the moment we heard this heartbeat (our takeover deadline counts from it too), not from
+        // now, which partner_event() may have delayed. Only a Secondary can take over, so only a
+        // Secondary grants one.
+        uint64_t lease =
+            state == State::kSecondary ? uint64_t(now + realtime_minus_monotonic_ns() + lease_span_ns()) : 0;
         send_on(p, HeartbeatAck{uint8_t(state), lease});
     }
 
     void on_message(const HeartbeatAck& a, Path, const Message&, int64_t now, std::unique_lock<std::mutex>&) {
-        partner_ack_mono = now;
         State ps = a.state < kStateCount ? State(a.state) : State::kUnconfigured;
         bool was_online = st.partner_state && online(*st.partner_state);
         st.partner_state = ps;
-        if (ps == State::kSecondary && int64_t(a.lease_until_ns) > granted_rt) {
-            granted_rt = int64_t(a.lease_until_ns);
-            if (state == State::kPrimary) apply_lease();  // else when we become Primary (below)
+        if (ps == State::kSecondary) {
+            // Bounded: no secondary grants more than its detection time from now.
+            int64_t lease = int64_t(std::min<uint64_t>(a.lease_until_ns, uint64_t(realtime_ns() + silence_limit_ns())));
+            if (lease > granted_rt) {
+                granted_rt = lease;
+                if (state == State::kPrimary) apply_lease();  // else when we become Primary (below)
+            }
         }
-        if (state == State::kPrimaryNoSecondary && online(ps)) {
+        // Only a Secondary's acks keep us Primary: one that left Secondary (stop-streaming, a
+        // local failure) still acks, but grants no lease, and without one we could not send.
+        if (ps == State::kSecondary) partner_ack_mono = now;
+        if (state == State::kPrimary && ps != State::kSecondary) partner_event(Event::kPartnerOffline);
+        if (state == State::kPrimaryNoSecondary && ps == State::kSecondary && granted_rt > realtime_ns())
             partner_event(Event::kPartnerOnline);
-        }
-        if (transmits(state) && online(ps) && !was_online) {
-            // [0090]: a secondary that comes online starts every running session.
-            for (auto& r : engine.snapshot()) send_both(r);
-        }
+        if (transmits(state) && online(ps) && !was_online) pending_snapshot = true;
+        send_pending_snapshot();
+    }
+    // [0090]: a secondary that comes online starts every running session. Never waits for the
+    // engine (Engine::try_snapshot); if it is busy, the next tick tries again.
+    void send_pending_snapshot() {
+        if (!pending_snapshot || !transmits(state)) return;
+        auto snap = engine.try_snapshot();
+        if (!snap) return;
+        pending_snapshot = false;
+        for (auto& r : *snap) send_both(r);
     }
 
     void on_message(const FailoverNotice& f, Path, const Message&, int64_t, std::unique_lock<std::mutex>&) {
@@ -361,7 +385,7 @@ struct Controller::Impl {
 
     void tick(int64_t now) {
         std::unique_lock lk(mu);
-        if (transmits(state)) tick_primary(now, lk);
+        if (transmits(state)) tick_primary(now);
         else if (state == State::kSecondary) tick_secondary(now);
         if (push_params && state == State::kPrimary) {
             push_params = false;
@@ -369,7 +393,7 @@ struct Controller::Impl {
         }
     }
 
-    void tick_primary(int64_t now, std::unique_lock<std::mutex>& lk) {
+    void tick_primary(int64_t now) {
         if (gate) {
             auto tripped = gate->fence_tripped();
             if (tripped && *tripped) {
@@ -391,9 +415,10 @@ struct Controller::Impl {
         if (!partner_configured()) return;
         Heartbeat hb;
         hb.state = uint8_t(state);
-        lk.unlock();
-        auto prog = engine.progress();
-        lk.lock();
+        // Never wait for the engine here (see Engine::try_snapshot): if it is busy, this heartbeat
+        // carries no progress; the next one will.
+        std::vector<Progress> prog;
+        if (auto p = engine.try_progress()) prog = std::move(*p);
         hb.sessions = uint32_t(prog.size());
         if (!prog.empty()) {
             size_t from = progress_cursor % prog.size();
@@ -406,6 +431,7 @@ struct Controller::Impl {
         ++st.heartbeats_sent;
         if (state == State::kPrimary && !we_stalled && now - partner_ack_mono > silence_limit_ns())
             partner_event(Event::kPartnerOffline);
+        send_pending_snapshot();
         refresh_prebuilt();
     }
 
@@ -430,8 +456,9 @@ struct Controller::Impl {
 
     void fail_locally(FailureReason reason, const std::string& detail) {
         if (!transmits(state) && state != State::kPrimaryOffline) return;
-        // Close our gate first: the partner takes over the moment the notice arrives.
-        (void)run_event(Event::kLocalFailure, false);
+        // Close our gate first: the partner takes over the moment the notice arrives. Closed
+        // even if the backend refused the state change: this server is failing either way.
+        if (!run_event(Event::kLocalFailure, false) && gate) (void)gate->set_role(gate::Role::Standby);
         send_both(FailoverNotice{uint8_t(reason), detail});
         st.last_error = std::string("local failure: ") + detail;
     }
@@ -687,7 +714,8 @@ Result<State> Controller::failover_sync() {
         }
         reply = std::move(*r);
     }
-    if (offset > 1'000'000 || offset < -1'000'000)
+    // The offset is known to within half the round trip: both together must stay within 1 ms.
+    if (std::abs(offset) + best_rtt / 2 > 1'000'000)
         return fail("system clocks differ by " + std::to_string(offset / 1000) + " us (round trip " +
                     std::to_string(best_rtt / 1000) + " us); synchronize them (PTP/NTP)");
     if (impl_->opts.apply_sync) {

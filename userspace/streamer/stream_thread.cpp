@@ -491,8 +491,9 @@ void StreamThread::flush() {
     Batch& bt = *batch_;
     unsigned done = 0;
     int eagain_rounds = 0;
-    bool retried = false;
+    int async_retries = 0;
     while (done < bt.n) {
+        if (stop_.load(std::memory_order_relaxed)) break;  // shutting down: the rest need not go
         // The permit again, right before the send: the loop turn that produced this batch may
         // have begun long ago (a backlog, a stall). Out of permit, the batch waits here: the
         // controller renews the permit or lifts it (Primary_No_Secondary, standby) soon.
@@ -506,7 +507,7 @@ void StreamThread::flush() {
         int r = sendmmsg(sock_, bt.msgs + done, bt.n - done, 0);
         if (r > 0) {
             done += unsigned(r);
-            retried = false;
+            async_retries = 0;
             continue;
         }
         int e = errno;
@@ -528,17 +529,19 @@ void StreamThread::flush() {
             ++eagain_rounds;
             continue;
         }
-        // Under a permit the socket reports ICMP errors (a client's closed port): the first send
-        // after one fails with it and sends nothing. Clear the queue and send that datagram again.
-        if (r < 0 && !retried && e != EAGAIN && e != ENOBUFS) {
+        // Under a permit the socket reports ICMP errors (another client's closed port): the first
+        // send after one fails with it and sends nothing. Clear the queue and send that datagram
+        // again (a few times: more errors can arrive meanwhile).
+        bool async = e == ECONNREFUSED || e == EHOSTUNREACH || e == ENETUNREACH || e == EHOSTDOWN;
+        if (r < 0 && async && async_retries < 4) {
             drain_error_queue();
-            retried = true;
+            ++async_retries;
             continue;
         }
         // This datagram cannot be sent (no route, ...): count it against its session, go on.
         slots_[bt.slot[done]]->send_errors.fetch_add(1, std::memory_order_relaxed);
         ++done;
-        retried = false;
+        async_retries = 0;
     }
     bt.n = 0;
 }
