@@ -190,11 +190,13 @@ pair_fault() {
      --argjson ffmissed "$missed" --argjson ffcc "$ccfail" '{
       fault: $fault,
       gap_ms: .timing.largest_gap.ms, nominal_ms: .timing.median_interval_ms,
-      gap_beyond_ms: (.timing.largest_gap.ms - .timing.median_interval_ms),
-      gap_spans_fault: (.timing.largest_gap.prev_ns <= $at and $at <= .timing.largest_gap.at_ns),
-      fault_gap_ms: (([.timing.top_gaps[] | select(.at_ns >= $at and .prev_ns <= $at + 200e6) | .ms] | max)
-                     // (.timing.top_gaps | last | .ms)),
-      background_gap_ms: (([.timing.top_gaps[] | select(.at_ns < $at or .prev_ns > $at + 200e6) | .ms] | max) // 0),
+      # (null-safe: a viewer that received nothing has no timing)
+      gap_beyond_ms: (if .timing.largest_gap then .timing.largest_gap.ms - .timing.median_interval_ms else null end),
+      gap_spans_fault: (if .timing.largest_gap then .timing.largest_gap.prev_ns <= $at and $at <= .timing.largest_gap.at_ns
+                        else false end),
+      fault_gap_ms: (([(.timing.top_gaps // [])[] | select(.at_ns >= $at and .prev_ns <= $at + 200e6) | .ms] | max)
+                     // ((.timing.top_gaps // []) | last | .ms?)),
+      background_gap_ms: (([(.timing.top_gaps // [])[] | select(.at_ns < $at or .prev_ns > $at + 200e6) | .ms] | max) // 0),
       lost: .rtp.lost, duplicated: .rtp.duplicated, reordered: .rtp.reordered, cc_errors: .ts.cc_errors,
       in_order_complete: .compare.in_order_complete, datagrams: .datagrams,
       ffmpeg_rtp_missed: $ffmissed, ffmpeg_cc_failed: $ffcc,
