@@ -351,18 +351,9 @@ Status Engine::apply(const failover::SessionRecord& r) {
     return make_error(EINVAL, "unknown session op");
 }
 
-std::vector<failover::SessionRecord> Engine::snapshot() const {
-    std::unique_lock lk(mu_);
-    return snapshot_locked();
-}
-
 std::optional<std::vector<failover::SessionRecord>> Engine::try_snapshot() const {
     std::unique_lock lk(mu_, std::try_to_lock);
     if (!lk.owns_lock()) return std::nullopt;
-    return snapshot_locked();
-}
-
-std::vector<failover::SessionRecord> Engine::snapshot_locked() const {
     std::vector<failover::SessionRecord> out;
     for (auto& [id, s] : sessions_)
         out.push_back(record_of(*s, s->state == Session::State::kPlaying ? failover::SessionOp::kPlay
@@ -437,18 +428,9 @@ Status Engine::resume_from(uint64_t session, uint64_t packet) {
     return s.thread->play(s.slot, seg);
 }
 
-std::vector<failover::Progress> Engine::progress() const {
-    std::unique_lock lk(mu_);
-    return progress_locked();
-}
-
 std::optional<std::vector<failover::Progress>> Engine::try_progress() const {
     std::unique_lock lk(mu_, std::try_to_lock);
     if (!lk.owns_lock()) return std::nullopt;
-    return progress_locked();
-}
-
-std::vector<failover::Progress> Engine::progress_locked() const {
     std::vector<failover::Progress> out;
     for (auto& [id, s] : sessions_)
         if (s->state == Session::State::kPlaying) out.push_back({id, s->thread->counters(s->slot).next_packet});

@@ -65,11 +65,10 @@ public:
     void set_observer(std::function<void(const failover::SessionRecord&)> observer);
     // Runs a decision made by the partner (setup, play, pause, teardown).
     Status apply(const failover::SessionRecord& record);
-    // Every session's current play record (for a partner that comes online later).
-    std::vector<failover::SessionRecord> snapshot() const;
-    // The same, or nullopt at once if the engine is busy: the failover thread must never wait
-    // for the engine's lock, which is held across calls into a streaming thread that may itself
-    // be waiting for the lease only the failover thread renews.
+    // Every session's current play record (for a partner that comes online later), or nullopt
+    // at once if the engine is busy: the failover thread, its only caller, must never wait for
+    // the engine's lock, which is held across calls into a streaming thread that may itself be
+    // waiting for the lease only the failover thread renews.
     std::optional<std::vector<failover::SessionRecord>> try_snapshot() const;
     // What a takeover needs to know of each playing session.
     struct Flow {
@@ -94,9 +93,9 @@ public:
     // datagrams already due go out at once, in order. Used at takeover (under hold_all) to send
     // what the old primary did not put on the wire.
     Status resume_from(uint64_t session, uint64_t packet);
-    // Where each playing session's sender is (absolute packet index of its next datagram).
-    std::vector<failover::Progress> progress() const;
-    std::optional<std::vector<failover::Progress>> try_progress() const;  // see try_snapshot()
+    // Where each playing session's sender is (absolute packet index of its next datagram), or
+    // nullopt at once if the engine is busy (see try_snapshot).
+    std::optional<std::vector<failover::Progress>> try_progress() const;
 
     // Stream limits changed (failover_sync brings the primary's): applies to new sessions.
     void set_limits(uint32_t stream_count, uint64_t mpeg_kbps, uint64_t server_kbps);
@@ -109,8 +108,6 @@ public:
     static std::optional<uint64_t> session_number(const std::string& name);
 
 private:
-    std::vector<failover::SessionRecord> snapshot_locked() const;  // mu_ held
-    std::vector<failover::Progress> progress_locked() const;       // mu_ held
     struct Session;
     Engine(const Config& config, store::AssetStore& store);
     Session* find(const std::string& name);

@@ -224,7 +224,7 @@ void StreamThread::set_send_permit(int64_t until_realtime_ns) {
         int on = until_realtime_ns != INT64_MAX;
         (void)setsockopt(sock_, IPPROTO_IP, IP_RECVERR, &on, sizeof on);
     }
-    if (permit_waiting_flag_.load(std::memory_order_acquire)) reader_->wake();
+    if (permit_waiting_.load(std::memory_order_acquire)) reader_->wake();
 }
 
 Status StreamThread::remove(unsigned slot) {
@@ -604,9 +604,9 @@ void StreamThread::run() {
         if (!held_ && may_send) service(now);
         // Count each wait for a permit once, not every turn of it.
         bool waiting = !held_ && !may_send && due;
-        if (waiting && !permit_waiting_) permit_waits_.fetch_add(1, std::memory_order_relaxed);
-        permit_waiting_ = waiting;
-        permit_waiting_flag_.store(waiting, std::memory_order_release);
+        if (waiting && !permit_waiting_.load(std::memory_order_relaxed))
+            permit_waits_.fetch_add(1, std::memory_order_relaxed);
+        permit_waiting_.store(waiting, std::memory_order_release);
         int64_t wait = kMaxSleepNs;
         if (!heap_.empty() && !held_) {
             wait = std::clamp<int64_t>(heap_.front().when + options_.batch_window_ns - realtime_ns(), 0, kMaxSleepNs);

@@ -140,8 +140,8 @@ private:
     std::atomic<bool> stop_{false};
     bool held_ = false;
     std::atomic<int64_t> permit_until_{INT64_MAX};
-    bool permit_waiting_ = false;  // the loop found the permit run out with datagrams due
-    std::atomic<bool> permit_waiting_flag_{false};  // the same, for set_send_permit()
+    // The loop found the permit run out with datagrams due (set_send_permit() then wakes it).
+    std::atomic<bool> permit_waiting_{false};
 
     std::mutex mu_;
     std::vector<Command*> pending_;
