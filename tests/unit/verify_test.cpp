@@ -94,14 +94,15 @@ struct Stream {
     uint16_t pid = 0x100;
     uint8_t cc = 0;
     uint32_t n = 0;
-    Bytes next_datagram(std::optional<int64_t> pcr = std::nullopt) {
+    // The PCR, if any, goes into packet `pcr_at` (0..6) of the datagram.
+    Bytes next_datagram(std::optional<int64_t> pcr = std::nullopt, int pcr_at = 0) {
         Bytes d;
         for (int i = 0; i < 7; ++i) {
             Pkt k;
             k.pid = pid;
             k.cc = cc++;
             k.fill = uint8_t(n++);
-            if (i == 0) k.pcr = pcr;
+            if (i == pcr_at) k.pcr = pcr;
             auto p = ts_packet(k);
             d.insert(d.end(), p.begin(), p.end());
         }
@@ -534,6 +535,27 @@ TEST(VerifyJitter, KnownDeviations) {
     EXPECT_NEAR(r.jitter.p99_ms, 1.5, 1e-3);
     EXPECT_NEAR(r.jitter.max_ms, 20.0, 1e-3);
     EXPECT_FALSE(r.jitter.sampled);
+}
+
+TEST(VerifyJitter, PcrPlaceInTheDatagramIsNotJitter) {
+    // A CBR stream of 1 ms packets (27,000 ticks), 7 to a datagram, each datagram arriving exactly
+    // at its first packet's time; a PCR every 11 packets, so it wanders through places 0..6 of the
+    // datagrams (as a mux's PCR period does). Against its own packet the PCR datagram is up to
+    // 6 ms early; against the datagram's schedule it is on time.
+    Analyzer a({.mode = Mode::Raw});
+    Stream s;
+    constexpr int64_t kTicks = 27'000;
+    for (int i = 0; i < 700; ++i) {
+        int first = 7 * i;
+        int at = (11 - first % 11) % 11;  // the next multiple of 11 from this datagram's start
+        std::optional<int64_t> pcr;
+        if (at < 7) pcr = int64_t(first + at) * kTicks;
+        a.add(s.next_datagram(pcr, at < 7 ? at : 0), kT0 + int64_t(first) * kMsNs + (i == 400 ? 2 * kMsNs : 0));
+    }
+    auto r = a.report();
+    EXPECT_GT(r.jitter.samples, 400u);
+    EXPECT_NEAR(r.jitter.p99_ms, 0.0, 1e-3);
+    EXPECT_NEAR(r.jitter.max_ms, 2.0, 1e-3);  // datagram 400, if it carries a PCR
 }
 
 TEST(VerifyJitter, PcrWrapIsUnwrapped) {

@@ -131,22 +131,30 @@ private:
     std::bitset<kWindow> seen_;
 };
 
-// Arrival offsets against the PCR schedule: offset = arrival - (t0 + (pcr - pcr0) / 27 MHz).
-// Kept in a fixed reservoir (exact up to kCapacity samples, a uniform sample after that); the
-// extremes are tracked exactly.
+// Arrival offsets against the PCR schedule of each datagram's first packet:
+//     offset = arrival - (t0 + (pcr - k * packet_ticks - pcr0) / 27 MHz)
+// where the PCR sits in packet k of the datagram and packet_ticks is the time of one packet at
+// the rate between the last two PCRs. A datagram leaves (and arrives) as one piece, scheduled by
+// its first packet; without the k term a PCR in packet 6 would count as 6 packet times early
+// (2.4 ms at 3.75 Mb/s), which is packetization, not jitter. Kept in a fixed reservoir (exact up
+// to kCapacity samples, a uniform sample after that); the extremes are tracked exactly.
 class PcrJitter {
 public:
     static constexpr size_t kCapacity = 65536;
     static constexpr int64_t kRebaseNs = kNsPerSec;  // an offset step beyond this is a PCR jump
 
-    void add(int64_t pcr, bool discontinuity, int64_t arrival, JitterStats& st) {
+    // `packet` counts the stream's TS packets (the PCR packet's position in it); `k` is its place
+    // in the datagram.
+    void add(int64_t pcr, bool discontinuity, int64_t arrival, uint64_t packet, unsigned k, JitterStats& st) {
         ++st.samples;
         if (!have_) {
+            // The anchor: its own offset is unknown until the packet rate is (it only shifts
+            // every offset by a constant, which the median removes), so it is not recorded.
             have_ = true;
             last_raw_ = pcr;
             unwrapped_ = pcr0_ = pcr;
             t0_ = arrival;
-            record(0);
+            last_packet_ = packet;
             return;
         }
         int64_t d = pcr - last_raw_;
@@ -154,13 +162,17 @@ public:
         else if (d > mt::kPcrWrap / 2) d -= mt::kPcrWrap;
         last_raw_ = pcr;
         unwrapped_ += d;
-        int64_t off = arrival - predicted();
+        if (!discontinuity && d > 0 && packet > last_packet_)
+            packet_ticks_ = double(d) / double(packet - last_packet_);
+        last_packet_ = packet;
+        int64_t ahead = int64_t(double(k) * packet_ticks_ * 1000.0 / 27.0);  // PCR packet after datagram start
+        int64_t off = arrival - (predicted() - ahead);
         if (discontinuity || d < 0 || std::llabs(off - last_off_) > kRebaseNs) {
-            // A new time base: continue the schedule from here, as if this PCR arrived on time
-            // relative to the previous one.
+            // A new time base: continue the schedule from here, as if this datagram arrived on
+            // time relative to the previous one.
             ++st.pcr_discontinuities;
             pcr0_ = unwrapped_;
-            t0_ = arrival - last_off_;
+            t0_ = arrival - last_off_ + ahead;
             off = last_off_;
         }
         record(off);
@@ -203,6 +215,8 @@ private:
 
     bool have_ = false;
     int64_t last_raw_ = 0, unwrapped_ = 0, pcr0_ = 0, t0_ = 0, last_off_ = 0;
+    uint64_t last_packet_ = 0;
+    double packet_ticks_ = 0;  // 27 MHz ticks per TS packet at the latest PCR interval's rate
     int64_t min_off_ = 0, max_off_ = 0;
     uint64_t n_ = 0;
     uint64_t rng_ = 0x9e3779b97f4a7c15ull;
@@ -271,7 +285,7 @@ struct Analyzer::Impl {
     std::optional<SourceCompare> compare;
     std::span<const uint8_t> last_payload;
 
-    void ts_packet(const uint8_t* p, int64_t arrival, bool& pcr_taken);
+    void ts_packet(const uint8_t* p, int64_t arrival, unsigned k, bool& pcr_taken);
     void gap(int64_t arrival, std::optional<uint16_t> seq);
 };
 
@@ -320,7 +334,7 @@ void Analyzer::Impl::gap(int64_t arrival, std::optional<uint16_t> seq) {
     last_seq = seq;
 }
 
-void Analyzer::Impl::ts_packet(const uint8_t* p, int64_t arrival, bool& pcr_taken) {
+void Analyzer::Impl::ts_packet(const uint8_t* p, int64_t arrival, unsigned k, bool& pcr_taken) {
     ++ts.packets;
     if (compare) compare->add(p);
     mt::PacketView v{p};
@@ -382,7 +396,7 @@ void Analyzer::Impl::ts_packet(const uint8_t* p, int64_t arrival, bool& pcr_take
         }
         if (pid == *pcr_pid && !pcr_taken) {
             pcr_taken = true;  // one sample per datagram: the datagram's arrival is the event
-            pcr.add(*pcrv, disc, arrival, jitter);
+            pcr.add(*pcrv, disc, arrival, ts.packets - 1, k, jitter);
         }
     }
 }
@@ -426,7 +440,8 @@ void Analyzer::add(std::span<const uint8_t> d, int64_t arrival_ns) {
     if (payload.size() % mt::kPacketSize != 0) ++m.ts.bad_length;
     size_t n = payload.size() / mt::kPacketSize;
     bool pcr_taken = false;
-    for (size_t i = 0; i < n; ++i) m.ts_packet(payload.data() + i * mt::kPacketSize, arrival_ns, pcr_taken);
+    for (size_t i = 0; i < n; ++i)
+        m.ts_packet(payload.data() + i * mt::kPacketSize, arrival_ns, unsigned(i), pcr_taken);
     m.last_payload = payload.first(n * mt::kPacketSize);
 }
 
