@@ -142,6 +142,40 @@ def stats(values):
     return {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
 
 
+# A 3.75 Mb/s session: 3.75e6 bits/s of TS in datagrams of 7 x 188 = 1316 bytes.
+SESSION_DPS = 3.75e6 / (1316 * 8)
+
+
+def us_per_datagram(cpu_pct, gbps):
+    """CPU microseconds per datagram sent, from % of a core and the TS payload rate."""
+    if not gbps:
+        return None
+    return cpu_pct / 100.0 / (gbps * 1e9 / 8 / 1316) * 1e6
+
+
+def late_window(h0, h1):
+    """The streaming thread's send lateness over a window, from two `send_late_histogram` readings:
+    (upper bound in ms of the bucket holding the 99th percentile, or None past the last bound;
+    % of datagrams more than 1 ms late)."""
+    def parse(h):
+        return [(k, int(v)) for k, v in (kv.split("=") for kv in (h or "").split())]
+    a, b = parse(h0), parse(h1)
+    if not a or len(a) != len(b):
+        return None, None
+    counts = [(k, vb - va) for (k, va), (_, vb) in zip(a, b)]
+    total = sum(c for _, c in counts)
+    if total <= 0:
+        return None, None
+    seen, p99 = 0, None
+    for k, c in counts:
+        seen += c
+        if seen >= 0.99 * total:
+            p99 = int(k[2:]) / 1000.0 if k.startswith("le") else None
+            break
+    over = sum(c for k, c in counts if k.startswith("gt") or int(k[2:]) > 1000)
+    return p99, 100.0 * over / total
+
+
 def fmt(s, digits=2, unit=""):
     if s is None:
         return "n/a"
@@ -157,6 +191,7 @@ def cmd_report(d):
     jit = read_jsonl(os.path.join(d, "jitter.jsonl"))
     base = read_jsonl(os.path.join(d, "baseline.jsonl"))
     fo = read_jsonl(os.path.join(d, "failover.jsonl"))
+    floor = read_jsonl(os.path.join(d, "floor.jsonl"))
     rep = {"meta": meta}
     md = [f"# oneframe bench, {meta.get('date', '?')}", "",
           f"Machine: {meta.get('machine', '?')}; build {meta.get('build', '?')}; mode {meta.get('mode', '?')}. "
@@ -179,31 +214,69 @@ def cmd_report(d):
                "cpu_pct": stats([r["cpu_pct"] for r in runs]),
                "cpu_pct_per_session": stats([r["cpu_pct"] / r["started"] if r["started"] else None for r in runs]),
                "cpu_s_per_gbit": stats([r["cpu_pct"] / 100.0 / r["gbps"] if r["gbps"] else None for r in runs]),
+               "us_per_datagram": stats([us_per_datagram(r["cpu_pct"], r["gbps"]) for r in runs]),
                "machine_busy_pct": stats([r.get("machine_busy_pct") for r in runs])}
         cap_rows.append(row)
         if runs and len(clean) == len(runs):
             largest_clean = n
     rep["capacity"] = {"steps": cap_rows, "largest_clean_n": largest_clean}
     md += ["## 1. Capacity of one streaming thread (3.75 Mb/s RTP sessions)", "",
-           "| N | clean runs | started | lost | deadline misses | late datagrams (>1 ms) | sent Gb/s | daemon CPU % of a core | CPU % per session | CPU s per Gbit | machine busy % (2 cores = 200) |",
-           "| ---: | ---: | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "| N | clean runs | started | lost | deadline misses | late datagrams (>1 ms) | sent Gb/s | daemon CPU % of a core | CPU % per session | CPU s per Gbit | CPU µs per datagram | machine busy % (2 cores = 200) |",
+           "| ---: | ---: | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in cap_rows:
         md.append(f"| {r['n']} | {r['clean_runs']}/{r['runs']} | {fmt(r['started'], 0)} | {fmt(r['lost'], 0)} | "
                   f"{fmt(r['deadline_misses'], 0)} | {fmt(r['late_datagrams'], 0)} ({fmt(r['late_pct'], 3, '%')}) | "
                   f"{fmt(r['gbps'], 3)} | {fmt(r['cpu_pct'], 1)} | {fmt(r['cpu_pct_per_session'], 4)} | "
-                  f"{fmt(r['cpu_s_per_gbit'], 3)} | {fmt(r['machine_busy_pct'], 0)} |")
+                  f"{fmt(r['cpu_s_per_gbit'], 3)} | {fmt(r['us_per_datagram'], 2)} | {fmt(r['machine_busy_pct'], 0)} |")
     md += ["", f"**Largest clean N** (every run: all sessions started, nothing lost or unsent, no deadline miss, no send error; "
            f"late datagrams are reported, not judged): **{largest_clean if largest_clean is not None else 'none'}**", ""]
+
+    # 1b. the floor
+    if floor:
+        frow = {"runs": len(floor), "us_per_datagram": stats([r["us_per_datagram"] for r in floor]),
+                "datagrams_per_cpu_s": stats([r["datagrams_per_cpu_s"] for r in floor]),
+                "sessions_per_core": stats([1e6 / r["us_per_datagram"] / SESSION_DPS for r in floor]),
+                "uncounted": stats([r["datagrams"] - r["counted"] for r in floor])}
+        rep["floor"] = frow
+        md += ["## 1b. The floor: CPU per datagram of this host's kernel path (fo-floor send, unpaced sendmmsg)", "",
+               "| runs | CPU µs per datagram | datagrams per CPU-second | 3.75 Mb/s sessions per core at that cost | sent but not counted |",
+               "| ---: | --- | --- | --- | --- |",
+               f"| {frow['runs']} | {fmt(frow['us_per_datagram'], 2)} | {fmt(frow['datagrams_per_cpu_s'], 0)} | "
+               f"{fmt(frow['sessions_per_core'], 0)} | {fmt(frow['uncounted'], 0)} |", ""]
+        ours = next((r for r in cap_rows if r["n"] == largest_clean), None)
+        if ours and ours["us_per_datagram"]:
+            ratio = ours["us_per_datagram"]["median"] / frow["us_per_datagram"]["median"]
+            rep["floor"]["ours_over_floor"] = ratio
+            md += [f"The streaming thread at N = {largest_clean}: {ours['us_per_datagram']['median']:.2f} µs per datagram = "
+                   f"**{ratio:.2f}×** the floor (pacing, extent reads, wake-ups and a cooler cache on top of the kernel's "
+                   f"send path). A 3.75 Mb/s session is {SESSION_DPS:.0f} datagrams/s.", ""]
 
     # 2. jitter
     jrow = {"runs": len(jit), "p50_ms": stats([r.get("p50_ms") for r in jit]),
             "p99_ms": stats([r.get("p99_ms") for r in jit]), "max_ms": stats([r.get("max_ms") for r in jit]),
-            "lost": stats([r.get("lost") for r in jit]), "sessions": stats([r.get("sessions") for r in jit])}
+            "lost": stats([r.get("lost") for r in jit]), "sessions": stats([r.get("sessions") for r in jit]),
+            "wake_p99_ms": stats([(r.get("wake") or {}).get("p99_ms") for r in jit]),
+            "wake_over_1ms_pct": stats([(r.get("wake") or {}).get("over_1ms_pct") for r in jit]),
+            "wake_max_ms": stats([(r.get("wake") or {}).get("max_ms") for r in jit]),
+            "sender_p99_ms": stats([late_window(r.get("send_late_hist0"), r.get("send_late_hist1"))[0] for r in jit]),
+            "sender_over_1ms_pct": stats([late_window(r.get("send_late_hist0"), r.get("send_late_hist1"))[1] for r in jit])}
     rep["jitter"] = jrow
     md += ["## 2. Arrival jitter against the PCR schedule, one of 100 sessions (fo-verify)", "",
            "| runs | sessions running | p50 ms | p99 ms | max ms | lost |", "| ---: | --- | --- | --- | --- | --- |",
            f"| {jrow['runs']} | {fmt(jrow['sessions'], 0)} | {fmt(jrow['p50_ms'], 3)} | {fmt(jrow['p99_ms'], 3)} | "
            f"{fmt(jrow['max_ms'], 3)} | {fmt(jrow['lost'], 0)} |", ""]
+    if jrow["sender_p99_ms"]:
+        md += ["The streaming thread's own view over the same seconds (the difference of two `send_late_histogram` "
+               "readings, every datagram of the 100 sessions: sendmmsg start minus send time): p99 at most "
+               f"{fmt(jrow['sender_p99_ms'], 3)} ms (upper bound of its bucket); {fmt(jrow['sender_over_1ms_pct'], 2)} % "
+               "more than 1 ms late.", ""]
+    if jrow["wake_p99_ms"]:
+        md += ["Beside each run, over the same seconds, this host's own floor (`fo-floor wake`: a SCHED_FIFO thread one "
+               "priority above the streaming thread with something due every 1 ms, sleeping until it is due and, on "
+               "waking, handling all that came due, so a stall makes every item due during it late, as it does to "
+               f"datagrams): lateness p99 {fmt(jrow['wake_p99_ms'], 3)} ms, max {fmt(jrow['wake_max_ms'], 1)} ms; "
+               f"{fmt(jrow['wake_over_1ms_pct'], 2)} % more than 1 ms late. Where over 1 % is, a p99 under 1 ms is beyond "
+               "what this host gives any sender that sleeps between datagrams.", ""]
 
     # 3. baseline
     brow = {"windows": len(base), "streams": stats([r["streams"] for r in base]),
@@ -212,6 +285,7 @@ def cmd_report(d):
             "mbps_per_stream": stats([1000.0 * r["gbps"] / r["streams"] for r in base if r["streams"]])}
     brow["streams_per_core"] = stats([100.0 / (r["cpu_pct"] / r["streams"]) for r in base if r["streams"] and r["cpu_pct"]])
     brow["cpu_s_per_gbit"] = stats([r["cpu_pct"] / 100.0 / r["gbps"] for r in base if r["gbps"]])
+    brow["us_per_datagram"] = stats([r["cpu_pct"] / 100.0 * r["window_s"] / r["datagrams"] * 1e6 for r in base if r.get("datagrams")])
     rep["baseline"] = brow
     ours_row = next((r for r in cap_rows if r["n"] == largest_clean), None)
     cmp_ = {}
@@ -226,15 +300,22 @@ def cmd_report(d):
             cmp_["cpu_per_gbit_ratio"] = cmp_["ours_cpu_s_per_gbit"] / cmp_["ffmpeg_cpu_s_per_gbit"]
     rep["comparison"] = cmp_
     md += ["## 3. Baseline: ffmpeg -re ... -c copy -f rtp_mpegts, one process per stream", "",
-           "| windows | streams | received Mb/s per stream | CPU % per stream | streams per core | CPU s per Gbit |",
-           "| ---: | --- | --- | --- | --- | --- |",
+           "| windows | streams | received Mb/s per stream | CPU % per stream | streams per core | CPU s per Gbit | CPU µs per datagram |",
+           "| ---: | --- | --- | --- | --- | --- | --- |",
            f"| {brow['windows']} | {fmt(brow['streams'], 0)} | {fmt(brow['mbps_per_stream'], 2)} | "
-           f"{fmt(brow['cpu_pct_per_stream'], 3)} | {fmt(brow['streams_per_core'], 0)} | {fmt(brow['cpu_s_per_gbit'], 2)} |", ""]
+           f"{fmt(brow['cpu_pct_per_stream'], 3)} | {fmt(brow['streams_per_core'], 0)} | {fmt(brow['cpu_s_per_gbit'], 2)} | "
+           f"{fmt(brow['us_per_datagram'], 2)} |", ""]
     if cmp_:
         md += [f"**oneframe / ffmpeg** (oneframe at N = {cmp_['at_n']}, medians): streams per core "
                f"{cmp_['ours_streams_per_core']:.0f} vs {cmp_['ffmpeg_streams_per_core']:.0f} = "
                f"**{cmp_['streams_per_core_ratio']:.1f}×**; CPU s per Gbit {cmp_['ours_cpu_s_per_gbit']:.3f} vs "
                f"{cmp_['ffmpeg_cpu_s_per_gbit']:.3f} = **{cmp_.get('cpu_per_gbit_ratio', float('nan')):.2f}×** (lower is better)", ""]
+    if "floor" in rep and brow["us_per_datagram"]:
+        best = brow["us_per_datagram"]["median"] / rep["floor"]["us_per_datagram"]["median"]
+        rep["floor"]["ffmpeg_over_floor"] = best
+        md += [f"The ceiling, on this host, for any sender that hands the kernel datagrams one by one (no GSO): ffmpeg's "
+               f"{brow['us_per_datagram']['median']:.2f} µs per datagram over the floor's "
+               f"{rep['floor']['us_per_datagram']['median']:.2f} = **{best:.1f}×** the streams per core.", ""]
 
     # 4. failover
     faults = []

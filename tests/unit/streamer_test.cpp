@@ -135,6 +135,23 @@ TEST_F(StreamerTest, SendsEveryPacketInOrderOnSchedule) {
     EXPECT_EQ(c.bytes, kPackets * 188);
     EXPECT_EQ(c.deadline_misses, 0u);
     EXPECT_EQ(c.send_errors, 0u);
+    // Every datagram sent is in the lateness histogram once.
+    auto tot = (*t)->totals();
+    uint64_t counted = 0;
+    for (uint64_t b : tot.lateness) counted += b;
+    EXPECT_EQ(counted, n);
+    EXPECT_GE(tot.lateness_max_ns, 0);
+}
+
+TEST(StreamerLateness, QuantilesAreBucketBounds) {
+    std::array<uint64_t, streamer::kLatenessBuckets> h{};
+    EXPECT_EQ(streamer::lateness_quantile_us(h, 0.99), 0);  // nothing counted
+    h[0] = 98;  // <= 25 us
+    h[5] = 1;   // <= 1 ms
+    h[12] = 1;  // beyond 100 ms
+    EXPECT_EQ(streamer::lateness_quantile_us(h, 0.50), 25);
+    EXPECT_EQ(streamer::lateness_quantile_us(h, 0.99), 1000);
+    EXPECT_EQ(streamer::lateness_quantile_us(h, 1.0), -1);
 }
 
 TEST_F(StreamerTest, PauseReturnsResumePointAndResumeContinues) {
@@ -199,8 +216,13 @@ TEST_F(StreamerTest, SendPermitStopsShortOfTheLeaseAndLosesNothing) {
             ASSERT_EQ(seq, expect) << "out of order after the permit was renewed";
             ++expect;
         }
-    // The backlog left at once on renewal: the first datagram after it is late by about the wait.
+    // The backlog left at once on renewal: the first datagram after it is late by about the wait
+    // (200 ms of silence at least), and the thread's lateness figures say so.
     EXPECT_GE(after.front().arrival_ns, lease - streamer::StreamThread::kPermitMarginNs);
+    auto tot = (*t)->totals();
+    EXPECT_GE(tot.lateness_max_ns, 100'000'000);
+    EXPECT_GE(tot.lateness.back(), 1u) << "no datagram counted beyond 100 ms late";
+    EXPECT_GE(tot.late_datagrams, 1u);
     EXPECT_EQ((*t)->counters(*slot).state, streamer::SessionState::kFinished);
 }
 

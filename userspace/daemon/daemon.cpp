@@ -43,6 +43,23 @@ Status make_dir(const std::string& d) {
     return {};
 }
 
+// A lateness quantile as an upper bound: "<=200", or ">100000" past the last bucket, "0" if none.
+std::string lateness_text(const std::array<uint64_t, streamer::kLatenessBuckets>& h, double q) {
+    int64_t us = streamer::lateness_quantile_us(h, q);
+    if (us < 0) return ">" + std::to_string(streamer::kLatenessBoundsUs.back());
+    return us == 0 ? "0" : "<=" + std::to_string(us);
+}
+// "le25=N le50=N ... gt100000=N": counts since start, for scripts that difference two readings.
+std::string lateness_histogram(const std::array<uint64_t, streamer::kLatenessBuckets>& h) {
+    std::string out;
+    for (size_t i = 0; i < h.size(); ++i) {
+        if (!out.empty()) out += ' ';
+        out += i < streamer::kLatenessBoundsUs.size() ? "le" + std::to_string(streamer::kLatenessBoundsUs[i])
+                                                       : "gt" + std::to_string(streamer::kLatenessBoundsUs.back());
+        out += '=' + std::to_string(h[i]);
+    }
+    return out;
+}
 }  // namespace
 
 Result<std::unique_ptr<Daemon>> Daemon::create(const Config& config) {
@@ -334,6 +351,10 @@ void Daemon::status(dbus::Reply<dbus::Dict> reply) {
         {"late_datagrams", t.threads.late_datagrams},
         {"send_errors", t.threads.send_errors},
         {"lease_waits", t.threads.permit_waits},
+        {"send_late_p50_us", lateness_text(t.threads.lateness, 0.50)},
+        {"send_late_p99_us", lateness_text(t.threads.lateness, 0.99)},
+        {"send_late_max_us", uint64_t(std::max<int64_t>(0, t.threads.lateness_max_ns) / 1000)},
+        {"send_late_histogram", lateness_histogram(t.threads.lateness)},
         {"extent_reads", t.threads.reads},
         {"rtsp_connections", rtsp_->counters().connections_open},
         {"rtsp_requests", rtsp_->counters().requests},

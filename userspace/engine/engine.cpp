@@ -478,6 +478,8 @@ Totals Engine::totals() const {
         t.threads.reads += c.reads;
         t.threads.loops += c.loops;
         t.threads.permit_waits += c.permit_waits;
+        for (size_t i = 0; i < c.lateness.size(); ++i) t.threads.lateness[i] += c.lateness[i];
+        t.threads.lateness_max_ns = std::max(t.threads.lateness_max_ns, c.lateness_max_ns);
     }
     return t;
 }

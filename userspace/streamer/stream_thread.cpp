@@ -71,8 +71,22 @@ struct StreamThread::Batch {
     iovec iov[kBatch][2];
     uint8_t rtp[kBatch][pacer::kRtpHeaderSize];
     unsigned slot[kBatch];
+    int64_t due[kBatch];  // each datagram's send time
     unsigned n = 0;
 };
+
+int64_t lateness_quantile_us(const std::array<uint64_t, kLatenessBuckets>& hist, double q) {
+    uint64_t total = 0;
+    for (uint64_t c : hist) total += c;
+    if (total == 0) return 0;
+    uint64_t want = uint64_t(q * double(total) + 0.5), seen = 0;
+    if (want == 0) want = 1;
+    for (size_t i = 0; i < kLatenessBoundsUs.size(); ++i) {
+        seen += hist[i];
+        if (seen >= want) return kLatenessBoundsUs[i];
+    }
+    return -1;
+}
 
 StreamThread::StreamThread(const Options& o) : options_(o), batch_(std::make_unique<Batch>()) {}
 
@@ -263,6 +277,8 @@ ThreadCounters StreamThread::totals() const {
     t.reads = reads_.load(std::memory_order_relaxed);
     t.loops = loops_.load(std::memory_order_relaxed);
     t.permit_waits = permit_waits_.load(std::memory_order_relaxed);
+    for (size_t i = 0; i < kLatenessBuckets; ++i) t.lateness[i] = lateness_[i].load(std::memory_order_relaxed);
+    t.lateness_max_ns = lateness_max_ns_.load(std::memory_order_relaxed);
     return t;
 }
 
@@ -462,8 +478,8 @@ bool StreamThread::produce(Slot& s, unsigned slot_index, int64_t now) {
     m.msg_iov = bt.iov[i];
     m.msg_iovlen = size_t(niov);
     bt.slot[i] = slot_index;
+    bt.due[i] = s.next_send_ns;  // lateness is judged when it is handed to the kernel (flush)
 
-    if (now - s.next_send_ns > options_.late_threshold_ns) s.late.fetch_add(1, std::memory_order_relaxed);
     s.datagrams.fetch_add(1, std::memory_order_relaxed);
     s.bytes.fetch_add(len, std::memory_order_relaxed);
     ++s.j;
@@ -504,8 +520,10 @@ void StreamThread::flush() {
                 nanosleep(&t, nullptr);
             }
         }
+        const int64_t sent_at = realtime_ns();
         int r = sendmmsg(sock_, bt.msgs + done, bt.n - done, 0);
         if (r > 0) {
+            count_sent(done, unsigned(r), sent_at);
             done += unsigned(r);
             async_retries = 0;
             continue;
@@ -544,6 +562,22 @@ void StreamThread::flush() {
         async_retries = 0;
     }
     bt.n = 0;
+}
+
+// Lateness of datagrams [from, from + n) of the batch, handed to the kernel at sent_at.
+void StreamThread::count_sent(unsigned from, unsigned n, int64_t sent_at) {
+    const Batch& bt = *batch_;
+    int64_t worst = 0;
+    for (unsigned i = from; i < from + n; ++i) {
+        int64_t late = sent_at - bt.due[i];
+        if (late > options_.late_threshold_ns) slots_[bt.slot[i]]->late.fetch_add(1, std::memory_order_relaxed);
+        worst = std::max(worst, late);
+        int64_t us = late / 1000;
+        size_t b = size_t(std::lower_bound(kLatenessBoundsUs.begin(), kLatenessBoundsUs.end(), us) - kLatenessBoundsUs.begin());
+        lateness_[b].fetch_add(1, std::memory_order_relaxed);
+    }
+    if (worst > lateness_max_ns_.load(std::memory_order_relaxed))
+        lateness_max_ns_.store(worst, std::memory_order_relaxed);
 }
 
 void StreamThread::drain_error_queue() {

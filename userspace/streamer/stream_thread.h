@@ -12,6 +12,7 @@
 
 #include <netinet/in.h>
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -39,6 +40,16 @@ struct SessionSpec {
     uint16_t rtcp_port = 0;
 };
 
+// Send lateness (the time the datagram's sendmmsg began minus its send time), a histogram over
+// these upper bounds in microseconds; the last bucket holds everything above the last bound.
+inline constexpr std::array<int64_t, 12> kLatenessBoundsUs = {25,   50,   100,   200,   500,   1000,
+                                                              2000, 5000, 10000, 20000, 50000, 100000};
+inline constexpr size_t kLatenessBuckets = kLatenessBoundsUs.size() + 1;
+
+// The smallest bound under which at least a fraction q of the counted datagrams fall (microseconds;
+// for the last bucket, -1: "above the last bound"). 0 when nothing was counted.
+int64_t lateness_quantile_us(const std::array<uint64_t, kLatenessBuckets>& hist, double q);
+
 enum class SessionState : int { kIdle = 0, kPlaying = 1, kFinished = 2, kFailed = 3 };
 
 struct SessionCounters {
@@ -62,6 +73,8 @@ struct ThreadCounters {
     uint64_t reads = 0;
     uint64_t loops = 0;
     uint64_t permit_waits = 0;     // times datagrams were due but the send permit had run out
+    std::array<uint64_t, kLatenessBuckets> lateness{};  // datagrams per send-lateness bucket
+    int64_t lateness_max_ns = 0;   // the latest datagram so far
 };
 
 class StreamThread {
@@ -152,6 +165,9 @@ private:
     std::unique_ptr<Batch> batch_;
 
     std::atomic<uint64_t> sessions_{0}, reads_{0}, loops_{0}, permit_waits_{0};
+    std::array<std::atomic<uint64_t>, kLatenessBuckets> lateness_{};
+    std::atomic<int64_t> lateness_max_ns_{0};
+    void count_sent(unsigned from, unsigned n, int64_t sent_at);
     ThreadCounters retired_;  // counters of removed sessions, so totals() never goes down
     mutable std::mutex retired_mu_;
 };

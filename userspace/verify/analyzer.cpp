@@ -136,8 +136,10 @@ private:
 // where the PCR sits in packet k of the datagram and packet_ticks is the time of one packet at
 // the rate between the last two PCRs. A datagram leaves (and arrives) as one piece, scheduled by
 // its first packet; without the k term a PCR in packet 6 would count as 6 packet times early
-// (2.4 ms at 3.75 Mb/s), which is packetization, not jitter. Kept in a fixed reservoir (exact up
-// to kCapacity samples, a uniform sample after that); the extremes are tracked exactly.
+// (2.4 ms at 3.75 Mb/s), which is packetization, not jitter. A datagram without a PCR is timed
+// from the last PCR at that rate (every datagram is a sample, not only the one in seven that
+// carries a PCR). Kept in a fixed reservoir (exact up to kCapacity samples, a uniform sample after
+// that); the extremes are tracked exactly.
 class PcrJitter {
 public:
     static constexpr size_t kCapacity = 65536;
@@ -146,7 +148,6 @@ public:
     // `packet` counts the stream's TS packets (the PCR packet's position in it); `k` is its place
     // in the datagram.
     void add(int64_t pcr, bool discontinuity, int64_t arrival, uint64_t packet, unsigned k, JitterStats& st) {
-        ++st.samples;
         if (!have_) {
             // The anchor: its own offset is unknown until the packet rate is (it only shifts
             // every offset by a constant, which the median removes), so it is not recorded.
@@ -175,6 +176,18 @@ public:
             t0_ = arrival - last_off_ + ahead;
             off = last_off_;
         }
+        last_pcr_at_ = predicted();
+        ++st.samples;
+        record(off);
+    }
+
+    // A datagram without a PCR whose first packet is `packet` (counted as in add()).
+    void add_between(uint64_t packet, int64_t arrival, JitterStats& st) {
+        if (!have_ || packet_ticks_ <= 0 || packet <= last_packet_) return;  // rate not known yet
+        int64_t due = last_pcr_at_ + int64_t(double(packet - last_packet_) * packet_ticks_ * 1000.0 / 27.0);
+        int64_t off = arrival - due;
+        if (std::llabs(off - last_off_) > kRebaseNs) return;  // a jump: the next PCR re-anchors
+        ++st.samples;
         record(off);
     }
 
@@ -216,6 +229,7 @@ private:
     bool have_ = false;
     int64_t last_raw_ = 0, unwrapped_ = 0, pcr0_ = 0, t0_ = 0, last_off_ = 0;
     uint64_t last_packet_ = 0;
+    int64_t last_pcr_at_ = 0;  // when the last PCR's packet was due on the anchored schedule
     double packet_ticks_ = 0;  // 27 MHz ticks per TS packet at the latest PCR interval's rate
     int64_t min_off_ = 0, max_off_ = 0;
     uint64_t n_ = 0;
@@ -440,8 +454,10 @@ void Analyzer::add(std::span<const uint8_t> d, int64_t arrival_ns) {
     if (payload.size() % mt::kPacketSize != 0) ++m.ts.bad_length;
     size_t n = payload.size() / mt::kPacketSize;
     bool pcr_taken = false;
+    const uint64_t first_packet = m.ts.packets;
     for (size_t i = 0; i < n; ++i)
         m.ts_packet(payload.data() + i * mt::kPacketSize, arrival_ns, unsigned(i), pcr_taken);
+    if (!pcr_taken && n > 0) m.pcr.add_between(first_packet, arrival_ns, m.jitter);
     m.last_payload = payload.first(n * mt::kPacketSize);
 }
 

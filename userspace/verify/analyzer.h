@@ -79,7 +79,7 @@ struct TsStats {
 
 struct JitterStats {
     std::optional<uint16_t> pcr_pid;
-    uint64_t samples = 0;          // datagrams carrying a PCR on the PCR PID
+    uint64_t samples = 0;          // datagrams timed against the PCR PID's schedule (all but the first PCR's)
     uint64_t pcr_discontinuities = 0;  // PCR jumps re-anchored (discontinuity_indicator or > 1 s off)
     bool sampled = false;          // more samples than the reservoir holds: p50/p99 are estimates
     double p50_ms = 0, p99_ms = 0, max_ms = 0;
