@@ -166,7 +166,7 @@ public:
         if (!discontinuity && d > 0 && packet > last_packet_)
             packet_ticks_ = double(d) / double(packet - last_packet_);
         last_packet_ = packet;
-        int64_t ahead = int64_t(double(k) * packet_ticks_ * 1000.0 / 27.0);  // PCR packet after datagram start
+        int64_t ahead = ticks_to_ns(double(k) * packet_ticks_);  // PCR packet after datagram start
         int64_t off = arrival - (predicted() - ahead);
         if (discontinuity || d < 0 || std::llabs(off - last_off_) > kRebaseNs) {
             // A new time base: continue the schedule from here, as if this datagram arrived on
@@ -184,7 +184,7 @@ public:
     // A datagram without a PCR whose first packet is `packet` (counted as in add()).
     void add_between(uint64_t packet, int64_t arrival, JitterStats& st) {
         if (!have_ || packet_ticks_ <= 0 || packet <= last_packet_) return;  // rate not known yet
-        int64_t due = last_pcr_at_ + int64_t(double(packet - last_packet_) * packet_ticks_ * 1000.0 / 27.0);
+        int64_t due = last_pcr_at_ + ticks_to_ns(double(packet - last_packet_) * packet_ticks_);
         int64_t off = arrival - due;
         if (std::llabs(off - last_off_) > kRebaseNs) return;  // a jump: the next PCR re-anchors
         ++st.samples;
@@ -210,6 +210,10 @@ public:
 
 private:
     int64_t predicted() const { return t0_ + (unwrapped_ - pcr0_) * 1000 / 27; }
+    // 27 MHz ticks to ns, bounded (forged PCRs can make the rate absurd; a day is beyond any jitter).
+    static int64_t ticks_to_ns(double ticks) {
+        return int64_t(std::clamp(ticks * 1000.0 / 27.0, -86'400e9, 86'400e9));
+    }
     void record(int64_t off) {
         last_off_ = off;
         if (n_ == 0 || off > max_off_) max_off_ = off;
