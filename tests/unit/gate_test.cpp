@@ -36,6 +36,7 @@
 #include "cbr_source.h"
 #include "common/clock.h"
 #include "streamer/stream_thread.h"
+#include "wait_until.h"
 
 namespace {
 
@@ -875,16 +876,7 @@ private:
     cpu_set_t old_{};
 };
 
-// Polls `pred` until it holds or `timeout` passes; a short pause between checks.
-template <class Pred>
-bool wait_until(Pred pred, std::chrono::milliseconds timeout = 5000ms) {
-    const int64_t end = of::monotonic_ns() + std::chrono::nanoseconds(timeout).count();
-    while (!pred()) {
-        if (of::monotonic_ns() > end) return false;
-        poll(nullptr, 0, 1);
-    }
-    return true;
-}
+using of::test::wait_until;
 
 int udp_socket(const Netns& ns, in_addr addr, uint16_t port) {
     InNetns in(ns);

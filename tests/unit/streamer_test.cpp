@@ -12,12 +12,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "common/clock.h"
 #include "cbr_source.h"
 #include "test_netns.h"
+#include "wait_until.h"
 
 namespace {
 
@@ -144,7 +144,7 @@ TEST_F(StreamerTest, SendsEveryPacketInOrderOnSchedule) {
         for (uint64_t b : (*t)->totals().lateness) sum += b;
         return sum;
     };
-    for (int i = 0; i < 200 && counted_now() < n; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    EXPECT_TRUE(of::test::wait_until([&] { return counted_now() >= n; }, std::chrono::milliseconds(1000)));
     EXPECT_EQ(counted_now(), n);
     auto tot = (*t)->totals();
     EXPECT_GE(tot.lateness_max_ns, 0);
@@ -226,8 +226,9 @@ TEST_F(StreamerTest, SendPermitStopsShortOfTheLeaseAndLosesNothing) {
     // The backlog left at once on renewal: the first datagram after it is late by about the wait
     // (200 ms of silence at least), and the thread's lateness figures say so.
     EXPECT_GE(after.front().arrival_ns, lease - streamer::StreamThread::kPermitMarginNs);
-    for (int i = 0; i < 200 && (*t)->totals().lateness_max_ns < 100'000'000; ++i)
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));  // counted once sendmmsg returns
+    // Counted once sendmmsg returns, which can be just after the receiver saw the datagram.
+    of::test::wait_until([&] { return (*t)->totals().lateness_max_ns >= 100'000'000; },
+                         std::chrono::milliseconds(1000));
     auto tot = (*t)->totals();
     EXPECT_GE(tot.lateness_max_ns, 100'000'000);
     EXPECT_GE(tot.lateness.back(), 1u) << "no datagram counted beyond 100 ms late";
