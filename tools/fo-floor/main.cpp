@@ -29,13 +29,11 @@
 
 #include <CLI/CLI.hpp>
 
+#include "common/clock.h"
+
 namespace {
 
-int64_t mono_ns() {
-    timespec t{};
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return int64_t(t.tv_sec) * 1'000'000'000 + t.tv_nsec;
-}
+using of::monotonic_ns;
 
 double thread_cpu_s() {
     rusage r{};
@@ -82,9 +80,9 @@ int run_send(const SendOptions& o, bool json) {
     unsigned next = 0;
     uint64_t sent = 0, errors = 0;
     int last_error = 0;
-    const int64_t w0 = mono_ns(), end = w0 + int64_t(o.seconds * 1e9);
+    const int64_t w0 = monotonic_ns(), end = w0 + int64_t(o.seconds * 1e9);
     const double c0 = thread_cpu_s();
-    while (mono_ns() < end) {
+    while (monotonic_ns() < end) {
         for (unsigned i = 0; i < o.batch; ++i) {
             iov[i] = {payload.data(), payload.size()};
             msgs[i] = mmsghdr{};
@@ -103,7 +101,7 @@ int run_send(const SendOptions& o, bool json) {
             if (errors > 1000 && sent == 0) break;
         }
     }
-    const double cpu = thread_cpu_s() - c0, wall = double(mono_ns() - w0) / 1e9;
+    const double cpu = thread_cpu_s() - c0, wall = double(monotonic_ns() - w0) / 1e9;
     close(s);
     if (sent == 0) {
         std::fprintf(stderr, "fo-floor send: nothing sent (%s)\n", std::strerror(last_error));
@@ -141,14 +139,14 @@ int run_wake(const WakeOptions& o, bool json) {
     const size_t n = size_t(o.seconds * 1e9 / double(period));
     std::vector<int64_t> late;
     late.reserve(n);
-    int64_t due = mono_ns() + period;
+    int64_t due = monotonic_ns() + period;
     size_t wakes = 0;
     while (late.size() < n) {
-        timespec ts{time_t(due / 1'000'000'000), long(due % 1'000'000'000)};
+        timespec ts = of::ns_to_timespec(due);
         while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr) == EINTR) {
         }
         ++wakes;
-        const int64_t now = mono_ns();
+        const int64_t now = monotonic_ns();
         for (; due <= now && late.size() < n; due += period) late.push_back(now - due);
     }
     if (late.empty()) {

@@ -138,6 +138,7 @@ private:
     bool produce(Slot& s, unsigned slot_index, int64_t now);
     bool ensure_extent(Slot& s, unsigned slot_index, uint64_t extent, int64_t keep);
     void flush();
+    void count_sent(unsigned from, unsigned n, int64_t sent_at);
     bool permitted(int64_t now_realtime_ns) const;
     void drain_error_queue();
     void send_bye(const Slot& s);
@@ -167,7 +168,6 @@ private:
     std::atomic<uint64_t> sessions_{0}, reads_{0}, loops_{0}, permit_waits_{0};
     std::array<std::atomic<uint64_t>, kLatenessBuckets> lateness_{};
     std::atomic<int64_t> lateness_max_ns_{0};
-    void count_sent(unsigned from, unsigned n, int64_t sent_at);
     ThreadCounters retired_;  // counters of removed sessions, so totals() never goes down
     mutable std::mutex retired_mu_;
 };
