@@ -137,6 +137,15 @@ pair_up() {
   fi
 }
 
+# fresh_pair ASSET [lab up options...]: the lab built again and a new pair on it, from empty data
+# directories; returns what pair_up returns (2: a stall spoiled it, start again).
+fresh_pair() {
+  local asset=$1; shift
+  lab_fresh "$@"
+  rm -rf "$WORK/srv1" "$WORK/srv2"
+  pair_up "$asset"
+}
+
 state_of() { foctl_on "$1" --json status 2>/dev/null | jq -r .failover_state; }
 
 pair_wait() {  # pair_wait NODE STATE [tries of 50 ms]
