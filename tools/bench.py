@@ -264,14 +264,15 @@ def cmd_report(d):
                    f"send path). A 3.75 Mb/s session is {SESSION_DPS:.0f} datagrams/s.", ""]
 
     # 2. jitter
+    sender = [late_window(r.get("send_late_hist0"), r.get("send_late_hist1")) for r in jit]
     jrow = {"runs": len(jit), "p50_ms": stats([r.get("p50_ms") for r in jit]),
             "p99_ms": stats([r.get("p99_ms") for r in jit]), "max_ms": stats([r.get("max_ms") for r in jit]),
             "lost": stats([r.get("lost") for r in jit]), "sessions": stats([r.get("sessions") for r in jit]),
             "wake_p99_ms": stats([(r.get("wake") or {}).get("p99_ms") for r in jit]),
             "wake_over_1ms_pct": stats([(r.get("wake") or {}).get("over_1ms_pct") for r in jit]),
             "wake_max_ms": stats([(r.get("wake") or {}).get("max_ms") for r in jit]),
-            "sender_p99_ms": stats([late_window(r.get("send_late_hist0"), r.get("send_late_hist1"))[0] for r in jit]),
-            "sender_over_1ms_pct": stats([late_window(r.get("send_late_hist0"), r.get("send_late_hist1"))[1] for r in jit])}
+            "sender_p99_ms": stats([w[0] for w in sender]),
+            "sender_over_1ms_pct": stats([w[1] for w in sender])}
     rep["jitter"] = jrow
     md += ["## 2. Arrival jitter against the PCR schedule, one of 100 sessions (fo-verify)", "",
            "| runs | sessions running | p50 ms | p99 ms | max ms | lost |", "| ---: | --- | --- | --- | --- | --- |",
