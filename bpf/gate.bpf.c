@@ -31,6 +31,8 @@
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
 #define UDP_HLEN 8
+#define TCP_FIN 0x01
+#define TCP_RST 0x04
 #define RTP_HLEN 12
 #define READ_ONCE(x) (*(volatile typeof(x) *)&(x))
 #define WRITE_ONCE(x, v) (*(volatile typeof(x) *)&(x) = (v))
@@ -41,6 +43,7 @@ _Static_assert(sizeof(struct gate_partner) == 16, "gate_partner layout");
 _Static_assert(sizeof(struct gate_flow_key) == 8, "gate_flow_key layout");
 _Static_assert(sizeof(struct gate_flow_rule) == 8, "gate_flow_rule layout");
 _Static_assert(sizeof(struct gate_seen) == 32, "gate_seen layout");
+_Static_assert(sizeof(struct gate_tcp_hold) == 8, "gate_tcp_hold layout");
 _Static_assert(GATE_COUNTER__COUNT <= GATE_COUNTER_SLOTS, "counter slots");
 
 /* The stream IPv4 address, network byte order; set through skel->rodata before load. */
@@ -73,6 +76,13 @@ struct {
 	__type(key, struct gate_flow_key);
 	__type(value, struct gate_seen);
 } gate_seen SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, GATE_MAX_TCP_HELD);
+	__type(key, struct gate_flow_key);
+	__type(value, struct gate_tcp_hold);
+} gate_tcp_held SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -116,6 +126,7 @@ struct frame {
 	__u8 fragment;
 	__u8 arp_reply;
 	__u8 has_flow; /* UDP, unfragmented, header complete: key and payload_* are valid */
+	__u8 tcp_close; /* TCP, unfragmented, FIN or RST set: key holds the client's TCP end */
 	struct gate_flow_key key;
 	__u32 payload_off; /* UDP payload offset in the frame */
 	__u32 payload_len; /* UDP payload bytes present (all segments of a GSO skb) */
@@ -210,9 +221,23 @@ static __always_inline void classify(struct __sk_buff *skb, struct frame *f)
 		f->fragment = 1;
 		return;
 	}
+	l4 = off + ihl * 4;
+	if (ip.protocol == IPPROTO_TCP) {
+		__u8 th[14]; /* ports, seq, ack, data offset, flags */
+
+		if (bpf_skb_load_bytes(skb, l4, th, sizeof(th)) < 0) {
+			f->malformed = 1;
+			return;
+		}
+		if (th[13] & (TCP_FIN | TCP_RST)) {
+			f->tcp_close = 1;
+			f->key.daddr = ip.daddr;
+			__builtin_memcpy(&f->key.dport, &th[2], 2); /* network order, as on the wire */
+		}
+		return;
+	}
 	if (ip.protocol != IPPROTO_UDP)
 		return;
-	l4 = off + ihl * 4;
 	if (bpf_skb_load_bytes(skb, l4, &udp, sizeof(udp)) < 0) {
 		f->malformed = 1;
 		return;
@@ -349,6 +374,10 @@ static __always_inline __u32 decide(struct __sk_buff *skb, const struct frame *f
 	since = c->active_since_ns;
 	grace = c->fence_grace_ns;
 	bpf_spin_unlock(&c->lock);
+
+	/* 0. A held TCP connection is closed by its daemon only (gate_tcp_held). */
+	if (f->tcp_close && bpf_map_lookup_elem(&gate_tcp_held, &f->key))
+		return GATE_EG_DROP_TCP_HELD;
 
 	/* 1. Lease: a daemon that stopped renewing stops transmitting, whatever else says. */
 	now = bpf_ktime_get_ns();

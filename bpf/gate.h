@@ -18,7 +18,7 @@
 
 /* Incremented on any change to a map's type, key, value or meaning. A gate refuses pinned maps
  * written with another version (see "Versioning" in docs/gate-protocol.md). */
-#define GATE_ABI_VERSION 1
+#define GATE_ABI_VERSION 2
 
 /* Pin layout: <pin root>/<ifname>/<map name>. */
 #define GATE_PIN_ROOT_DEFAULT "/sys/fs/bpf/oneframe"
@@ -27,11 +27,13 @@
 #define GATE_MAP_FLOWS "gate_flows"
 #define GATE_MAP_SEEN "gate_seen"
 #define GATE_MAP_COUNTERS "gate_counters"
+#define GATE_MAP_TCP_HELD "gate_tcp_held"
 
 /* Map sizes. A full gate_flows refuses new rules (E2BIG); gate_seen evicts the least recently
  * seen flow. */
 #define GATE_MAX_FLOWS 16384
 #define GATE_MAX_SEEN 16384
+#define GATE_MAX_TCP_HELD 16384 /* a full map refuses new holds (E2BIG) */
 #define GATE_COUNTER_SLOTS 64 /* gate_counters max_entries; enum gate_counter grows into it */
 
 /* A UDP GSO socket buffer carries at most this many datagrams (the kernel's UDP_MAX_SEGMENTS is
@@ -85,6 +87,15 @@ struct gate_flow_rule {
 	__u16 pad;  /* must be 0 */
 };
 
+/* gate_tcp_held (HASH, key struct gate_flow_key with the client's TCP port). Written only by
+ * userspace. A TCP connection of the stream IP held here is the daemon's to close: its FIN and RST
+ * segments never leave, whoever sends them (a dying daemon's kernel closing its sockets, a kernel
+ * answering a segment of a connection it no longer has), so the partner can take the connection
+ * over. The daemon releases a connection before it closes it on purpose. */
+struct gate_tcp_hold {
+	__u64 since_ns; /* CLOCK_MONOTONIC when held (for the operator) */
+};
+
 #define GATE_SEEN_RTP 1u /* last_seq and high_seq are valid */
 
 /* gate_seen value (LRU_HASH): what the partner put on the wire for one flow, as the hub
@@ -123,7 +134,8 @@ enum gate_counter {
 	GATE_INFO_GSO = 17,	       /* gated multi-datagram skbs of sequence-ruled flows */
 	GATE_INFO_PARTNER_RULED = 18,  /* partner frames of ruled flows (do not arm the fence) */
 	GATE_INFO_SEEN_FULL = 19,      /* partner datagrams gate_seen could not record */
-	GATE_COUNTER__COUNT = 20,
+	GATE_EG_DROP_TCP_HELD = 20,    /* FIN or RST of a connection in gate_tcp_held */
+	GATE_COUNTER__COUNT = 21,
 };
 
 #endif /* ONEFRAME_BPF_GATE_H */

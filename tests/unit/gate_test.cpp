@@ -250,6 +250,50 @@ TEST_F(GateProg, TcpAndIcmpFromStreamIpAreGated) {
     EXPECT_EQ(counters()[GATE_EG_DROP_STANDBY], 2u);
 }
 
+// A TCP segment from the stream IP's port 554 to the client's `cport` with these flags.
+Bytes tcp_frame(uint16_t cport, uint8_t flags, in_addr dst = kClient) {
+    Bytes t;
+    put16(t, 554);
+    put16(t, cport);
+    put32be(t, htonl(1000));
+    put32be(t, htonl(2000));
+    t.push_back(0x50);
+    t.push_back(flags);
+    put16(t, 512);
+    put16(t, 0);
+    put16(t, 0);
+    return eth(0x0800, ipv4(kStream, dst, t, {.proto = 6}));
+}
+
+TEST_F(GateProg, AHeldConnectionsFinAndRstNeverLeave) {
+    constexpr uint8_t kFin = 0x01, kRst = 0x04, kAck = 0x10, kPsh = 0x08;
+    ok(gate->set_role(Role::Active));
+    const Flow conn{kClient, 40000};
+    ok(gate->hold_tcp(conn));
+    EXPECT_TRUE(*gate->tcp_held(conn));
+    EXPECT_EQ(egress(tcp_frame(40000, kAck | kPsh)), kOk);   // data and acks pass
+    EXPECT_EQ(egress(tcp_frame(40000, kAck | kFin)), kShot);  // the dying kernel's FIN
+    EXPECT_EQ(egress(tcp_frame(40000, kRst)), kShot);         // its RST for a later segment
+    EXPECT_EQ(egress(tcp_frame(40001, kAck | kFin)), kOk);    // another connection closes freely
+    EXPECT_EQ(egress(tcp_frame(40000, kAck | kFin, kClient2)), kOk);  // another client, same port
+    auto n = counters();
+    EXPECT_EQ(n[GATE_EG_DROP_TCP_HELD], 2u);
+    EXPECT_EQ(n.egress_total(), 5u);
+    // Released (the daemon closes it on purpose): its FIN leaves.
+    ok(gate->release_tcp(conn));
+    EXPECT_FALSE(*gate->tcp_held(conn));
+    EXPECT_EQ(egress(tcp_frame(40000, kAck | kFin)), kOk);
+    ok(gate->release_tcp(conn));  // absent: not an error
+    // Standby drops it anyway, under its own counter.
+    ok(gate->hold_tcp(conn));
+    ok(gate->set_role(Role::Standby));
+    EXPECT_EQ(egress(tcp_frame(40000, kAck)), kShot);
+    EXPECT_EQ(counters()[GATE_EG_DROP_STANDBY], 1u);
+    ok(gate->release_all_tcp());
+    EXPECT_FALSE(*gate->tcp_held(conn));
+    EXPECT_EQ(gate->hold_tcp({kClient, 0}).error().code, EINVAL);
+}
+
 TEST_F(GateProg, ArpRequestsPassArpRepliesFromStreamIpAreGated) {
     // Standby: it must still resolve clients, and must not answer for the stream IP.
     EXPECT_EQ(egress(arp_frame(1, kStream, kClient)), kOk);

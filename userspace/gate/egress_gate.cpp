@@ -38,7 +38,7 @@ static_assert(sizeof(gate_seen) == 32 && offsetof(gate_seen, packets) == 8 && of
 static_assert(GATE_COUNTER__COUNT <= GATE_COUNTER_SLOTS);
 
 constexpr const char* kMapNames[] = {GATE_MAP_CTL, GATE_MAP_PARTNER, GATE_MAP_FLOWS, GATE_MAP_SEEN,
-                                     GATE_MAP_COUNTERS};
+                                     GATE_MAP_COUNTERS, GATE_MAP_TCP_HELD};
 constexpr size_t kMaxLibbpfLog = 8192;
 
 // libbpf prints to stderr by default; a library must not. While a Gate loads, libbpf's warnings
@@ -329,7 +329,8 @@ Result<std::unique_ptr<Gate::Impl>> Gate::Impl::load(in_addr stream_ip, const st
     impl->skel->rodata->stream_ip = stream_ip.s_addr;
     if (!pin_dir.empty()) {
         bpf_map* maps[] = {impl->skel->maps.gate_ctl, impl->skel->maps.gate_partner, impl->skel->maps.gate_flows,
-                           impl->skel->maps.gate_seen, impl->skel->maps.gate_counters};
+                           impl->skel->maps.gate_seen, impl->skel->maps.gate_counters,
+                           impl->skel->maps.gate_tcp_held};
         bool incompatible = false;
         Error first{};
         for (size_t i = 0; i < std::size(maps); ++i) {
@@ -370,6 +371,25 @@ Result<std::unique_ptr<Gate::Impl>> Gate::Impl::load(in_addr stream_ip, const st
     if (impl->ncpus <= 0) return errno_error("count possible CPUs", -impl->ncpus);
     return impl;
 }
+
+namespace {
+// Deletes every entry of a hash map keyed by gate_flow_key. Keys are collected first (deleting
+// while walking can restart the walk), bounded by the map's size.
+Status delete_all_keys(int fd, size_t max_entries, const char* name) {
+    std::vector<gate_flow_key> keys;
+    gate_flow_key cur{}, next{};
+    const void* prev = nullptr;
+    while (keys.size() <= max_entries && bpf_map_get_next_key(fd, prev, &next) == 0) {
+        keys.push_back(next);
+        cur = next;
+        prev = &cur;
+    }
+    if (errno != ENOENT && keys.size() <= max_entries) return errno_error(std::string("walk ") + name);
+    for (const auto& k : keys)
+        if (bpf_map_delete_elem(fd, &k) != 0 && errno != ENOENT) return errno_error(std::string("delete from ") + name);
+    return {};
+}
+}  // namespace
 
 Gate::Gate(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Gate::Gate(Gate&&) noexcept = default;
@@ -591,20 +611,7 @@ Status Gate::clear_flow_rule(const Flow& flow) {
 
 Status Gate::clear_flow_rules() {
     if (auto s = impl_->live(); !s) return s;
-    int fd = impl_->map_fd(impl_->skel->maps.gate_flows);
-    // Collect first: deleting while walking can restart the walk. Bounded by the map size.
-    std::vector<gate_flow_key> keys;
-    gate_flow_key cur{}, next{};
-    const void* prev = nullptr;
-    while (keys.size() <= GATE_MAX_FLOWS && bpf_map_get_next_key(fd, prev, &next) == 0) {
-        keys.push_back(next);
-        cur = next;
-        prev = &cur;
-    }
-    if (errno != ENOENT && keys.size() <= GATE_MAX_FLOWS) return errno_error("walk gate_flows");
-    for (const auto& k : keys)
-        if (bpf_map_delete_elem(fd, &k) != 0 && errno != ENOENT) return errno_error("delete from gate_flows");
-    return {};
+    return delete_all_keys(impl_->map_fd(impl_->skel->maps.gate_flows), GATE_MAX_FLOWS, GATE_MAP_FLOWS);
 }
 
 Result<std::optional<FlowRule>> Gate::flow_rule(const Flow& flow) const {
@@ -647,6 +654,48 @@ Status Gate::forget_seen(const Flow& flow) {
     return {};
 }
 
+Status Gate::hold_tcp(const Flow& conn) {
+    if (auto s = impl_->live(); !s) return s;
+    if (auto s = validate_flow(conn); !s) return s;
+    gate_flow_key k = flow_key(conn);
+    gate_tcp_hold v{};
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    v.since_ns = uint64_t(ts.tv_sec) * 1'000'000'000u + uint64_t(ts.tv_nsec);
+    if (bpf_map_update_elem(impl_->map_fd(impl_->skel->maps.gate_tcp_held), &k, &v, BPF_ANY) != 0) {
+        if (errno == E2BIG)
+            return make_error(E2BIG, "gate_tcp_held is full (" + std::to_string(GATE_MAX_TCP_HELD) + " connections)");
+        return errno_error("write gate_tcp_held");
+    }
+    return {};
+}
+
+Status Gate::release_tcp(const Flow& conn) {
+    if (auto s = impl_->live(); !s) return s;
+    if (auto s = validate_flow(conn); !s) return s;
+    gate_flow_key k = flow_key(conn);
+    if (bpf_map_delete_elem(impl_->map_fd(impl_->skel->maps.gate_tcp_held), &k) != 0 && errno != ENOENT)
+        return errno_error("delete from gate_tcp_held");
+    return {};
+}
+
+Status Gate::release_all_tcp() {
+    if (auto s = impl_->live(); !s) return s;
+    return delete_all_keys(impl_->map_fd(impl_->skel->maps.gate_tcp_held), GATE_MAX_TCP_HELD, GATE_MAP_TCP_HELD);
+}
+
+Result<bool> Gate::tcp_held(const Flow& conn) const {
+    if (auto s = impl_->live(); !s) return s.error();
+    if (auto s = validate_flow(conn); !s) return s.error();
+    gate_flow_key k = flow_key(conn);
+    gate_tcp_hold v{};
+    if (bpf_map_lookup_elem(impl_->map_fd(impl_->skel->maps.gate_tcp_held), &k, &v) != 0) {
+        if (errno == ENOENT) return false;
+        return errno_error("read gate_tcp_held");
+    }
+    return true;
+}
+
 Result<Counters> Gate::counters() const {
     if (auto s = impl_->live(); !s) return s.error();
     Counters out;
@@ -669,7 +718,7 @@ const std::string& Gate::pin_dir() const { return impl_->pin_dir; }
 uint64_t Counters::egress_total() const {
     uint64_t sum = 0;
     for (int i = GATE_EG_PASS_UNGATED; i <= GATE_EG_DROP_NO_CTL; ++i) sum += value[size_t(i)];
-    return sum;
+    return sum + value[GATE_EG_DROP_TCP_HELD];
 }
 
 uint64_t Counters::ingress_total() const { return value[GATE_IN_PARTNER] + value[GATE_IN_PASS]; }
@@ -703,6 +752,7 @@ std::string_view counter_name(gate_counter c) {
         case GATE_INFO_GSO: return "info_gso";
         case GATE_INFO_PARTNER_RULED: return "info_partner_ruled";
         case GATE_INFO_SEEN_FULL: return "info_seen_full";
+        case GATE_EG_DROP_TCP_HELD: return "eg_drop_tcp_held";
         case GATE_COUNTER__COUNT: break;
     }
     return "";

@@ -36,7 +36,8 @@ enum class Rule : uint32_t {
     PassBefore = GATE_RULE_PASS_BEFORE,  // RTP seq before `seq`: exactly PassFrom's complement
 };
 
-// A client's UDP destination, the key of a per-flow rule.
+// A client's UDP destination, the key of a per-flow rule; for held TCP connections, the client's
+// address and TCP port.
 struct Flow {
     in_addr client{};   // client IPv4 address
     uint16_t port = 0;  // client UDP port, host byte order
@@ -163,6 +164,15 @@ public:
     // record, e.g. when a new session reuses the client port.
     Result<Seen> seen(const Flow& flow) const;
     Status forget_seen(const Flow& flow);
+
+    // Held TCP connections of the stream IP (gate_tcp_held; `conn` is the client's address and
+    // TCP port): their FIN and RST never leave, so that a dying daemon's kernel cannot close a
+    // connection the partner takes over. Release one before closing it on purpose. E2BIG when
+    // GATE_MAX_TCP_HELD are held. Releasing an absent one is not an error.
+    Status hold_tcp(const Flow& conn);
+    Status release_tcp(const Flow& conn);
+    Status release_all_tcp();
+    Result<bool> tcp_held(const Flow& conn) const;
 
     Result<Counters> counters() const;
 
