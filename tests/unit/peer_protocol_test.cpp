@@ -27,8 +27,15 @@ TEST(PeerProtocol, RoundTripsEveryType) {
     s.rtp_ts_base = 99;
     Heartbeat hb{3, 2, 0, {{42, 707}, {43, 14}}};
     SyncReply sr{7, 55, {{"mpeg_stream_count_limit", "1000"}, {"asset", "movie.ts"}}};
+    ConnReply cr;
+    inet_pton(AF_INET, "10.77.0.101", &cr.client_ip);
+    cr.client_port = 40312;
+    cr.request_end = 301;
+    cr.response_start = 512;
+    cr.response = "RTSP/1.0 200 OK\r\nCSeq: 4\r\n\r\n";
+    cr.records = {s, s};
     std::vector<Body> bodies = {hb, HeartbeatAck{5, 9}, FailoverNotice{1, "oneframed died"}, StopOrder{77}, s,
-                                SyncRequest{7}, sr};
+                                SyncRequest{7}, sr, cr};
     uint64_t seq = 1;
     for (auto& b : bodies) {
         auto wire = encode(msg(seq, b), kKey);
@@ -48,6 +55,15 @@ TEST(PeerProtocol, RoundTripsEveryType) {
     EXPECT_EQ(r.ssrc, 0xdeadbeefu);
     EXPECT_EQ(r.start_time_ns, 123456789);
     EXPECT_EQ(r.seq_base, 65535);
+    auto cr2 = std::get<ConnReply>(decode(*encode(msg(1, cr), kKey), kKey)->body);
+    EXPECT_EQ(cr2.client_ip.s_addr, cr.client_ip.s_addr);
+    EXPECT_EQ(cr2.client_port, 40312);
+    EXPECT_EQ(cr2.request_end, 301u);
+    EXPECT_EQ(cr2.response_start, 512u);
+    EXPECT_EQ(cr2.response, cr.response);
+    ASSERT_EQ(cr2.records.size(), 2u);
+    EXPECT_EQ(cr2.records[1].asset, "movie.ts");
+    EXPECT_EQ(cr2.records[1].seq_base, 65535);
     auto hb2 = std::get<Heartbeat>(decode(*encode(msg(1, hb), kKey), kKey)->body);
     ASSERT_EQ(hb2.progress.size(), 2u);
     EXPECT_EQ(hb2.progress[1].next_packet, 14u);
@@ -92,6 +108,21 @@ TEST(PeerProtocol, LimitsAndKeys) {
     big.progress.resize(kMaxProgressEntries + 1);
     EXPECT_EQ(encode(msg(1, big), kKey).error().code, EMSGSIZE);
     EXPECT_EQ(encode(msg(1, StopOrder{}), std::vector<uint8_t>(8, 1)).error().code, EINVAL);
+    // A reply that does not fit one datagram, or carries too many records, is refused whole.
+    ConnReply huge;
+    huge.client_port = 1;
+    huge.request_end = 1;
+    huge.response.assign(1400, 'x');
+    EXPECT_EQ(encode(msg(1, huge), kKey).error().code, EMSGSIZE);
+    ConnReply many;
+    many.client_port = 1;
+    many.request_end = 1;
+    many.records.resize(kMaxReplyRecords + 1);
+    EXPECT_EQ(encode(msg(1, many), kKey).error().code, EMSGSIZE);
+    ConnReply nothing;  // names no request: malformed on the way in
+    auto w = encode(msg(1, nothing), kKey);
+    ASSERT_TRUE(w);
+    EXPECT_EQ(decode(*w, kKey).error().code, EBADMSG);
     EXPECT_TRUE(parse_key_hex("00112233445566778899aabbccddeeff\n").ok());
     EXPECT_FALSE(parse_key_hex("0011").ok());
     EXPECT_FALSE(parse_key_hex("zz112233445566778899aabbccddeeff").ok());

@@ -10,6 +10,7 @@
 
 #include "common/clock.h"
 #include "daemon/log.h"
+#include "rtsp/framing.h"
 
 namespace of::daemon {
 namespace {
@@ -70,6 +71,8 @@ Result<std::unique_ptr<Daemon>> Daemon::create(const Config& config) {
 
 Daemon::~Daemon() {
     api_.reset();
+    // A pair's partner carries the connections on (it took over when we stopped): no FIN.
+    if (rtsp_ && pair_) rtsp_->drop_connections_silently();
     rtsp_.reset();
     if (engine_) engine_->set_observer(nullptr);
     failover_.reset();
@@ -160,10 +163,24 @@ Status Daemon::start() {
     fo.stream_interface = config_.stream_interface;
     fo.sync_params = [this] { return sync_params(); };
     fo.apply_sync = [this](const auto& params) { return apply_sync(params); };
+    pair_ = fo.partner_private || fo.partner_admin;
+    if (pair_ && gate_) {
+        // The RTSP connections are carried over at a takeover (docs/tcp-takeover.md).
+        tcp_takeover::HubViewOptions hv;
+        hv.server = config_.stream_ip;
+        hv.server_port = config_.rtsp_port;
+        rtsp::ParserLimits pl;  // the RTSP server's, so both split requests alike
+        hv.request_framer = [pl] { return rtsp::make_request_framer(pl); };
+        hv.response_framer = [] { return rtsp::make_response_framer(); };
+        fo.tcp = hv;
+        // Nothing held by an earlier run is ours any more.
+        if (auto s = gate_->release_all_tcp(); !s) return make_error(s.error().code, "egress gate: " + s.error().message);
+    }
     auto ctl = failover::Controller::create(fo, *engine_, gate_.get(), backend_.get());
     if (!ctl) return ctl.error();
     failover_ = std::move(*ctl);
-    engine_->set_observer([this](const failover::SessionRecord& r) { failover_->replicate(r); });
+    loop_thread_ = std::this_thread::get_id();
+    engine_->set_observer([this](const failover::SessionRecord& r) { on_record(r); });
 
     int r = sd_event_default(&loop_);
     if (r < 0) return errno_error("sd_event_default", -r);
@@ -186,27 +203,18 @@ Status Daemon::start() {
     la.sin_family = AF_INET;
     la.sin_addr = config_.stream_ip;
     la.sin_port = htons(config_.rtsp_port);
-    auto rtsp = rtsp::RtspServer::create(loop_, la, *engine_, lim);
-    if (!rtsp) return make_error(rtsp.error().code, "RTSP on " + ip_text(config_.stream_ip) + ":" +
-                                                        std::to_string(config_.rtsp_port) + ": " + rtsp.error().message);
+    auto rtsp = rtsp::RtspServer::create(loop_, *engine_, lim);
+    if (!rtsp) return rtsp.error();
     rtsp_ = std::move(*rtsp);
+    if (pair_) rtsp_->set_observer(this);
 
     if (auto s = open_bus(); !s) return s;
     auto api = dbus::Server::create(bus_, *this);
     if (!api) return make_error(api.error().code, "D-Bus API: " + api.error().message);
     api_ = std::move(*api);
 
-    // After a takeover the RTSP front end owns the sessions, so keepalives and timeouts apply.
-    failover_->on_takeover([this] {
-        api_->post([this] {
-            for (auto& v : engine_->sessions())
-                (void)rtsp_->adopt_session(v.id, v.asset,
-                                           v.transport == "RTP/AVP" ? rtsp::TransportKind::RtpAvp : rtsp::TransportKind::RawUdp);
-            auto st = failover_->status();
-            log(Level::kNotice, "took over as primary: " + st.last_takeover_cause,
-                {{"DETECTED_NS", std::to_string(st.last_detection_ns)}, {"GATE_OPEN_NS", std::to_string(st.last_takeover_ns)}});
-        });
-    });
+    failover_->on_state([this](failover::State before, failover::State now) { follow_state(before, now); });
+    failover_->on_takeover([this](std::vector<failover::RevivedConnection> r) { adopt(std::move(r)); });
 
     // Start-up role (seed 004 [0079]-[0081]): the same commands an operator would give.
     if (config_.failover_role != "standalone" || config_.autostart) {
@@ -218,9 +226,120 @@ Status Daemon::start() {
             if (!on) return make_error(on.error().code, "start_streaming at start-up: " + on.error().message);
         }
     }
+    // The state may come from the failover backend (it outlives us) rather than from a command.
+    if (failover::transmits(failover_->state()) && !rtsp_->listening()) {
+        auto fd = rtsp::listen_tcp(la);
+        if (!fd) return make_error(fd.error().code, "RTSP on " + ip_text(config_.stream_ip) + ":" +
+                                                        std::to_string(config_.rtsp_port) + ": " + fd.error().message);
+        if (auto s = rtsp_->start_listening(*fd, true); !s) return s;
+    }
     log(Level::kNotice, "serving rtsp://" + ip_text(config_.stream_ip) + ":" + std::to_string(config_.rtsp_port) +
-                            "/ in state " + std::string(failover::name(failover_->state())));
+                            "/ in state " + std::string(failover::name(failover_->state())) +
+                            (rtsp_->listening() ? "" : " (not listening: standby)"));
     return {};
+}
+
+void Daemon::follow_state(failover::State before, failover::State now) {
+    bool was = failover::transmits(before), is = failover::transmits(now);
+    if (is == was || !rtsp_) return;
+    // Commands (start-up, D-Bus) change the state on the loop thread: act at once. A takeover or
+    // the failover backend change it on the controller's thread: hand it to the loop.
+    auto run = [this](auto fn) {
+        if (std::this_thread::get_id() == loop_thread_) fn();
+        else if (api_) api_->post(std::move(fn));
+    };
+    if (is) {
+        // The socket is made here, before the gate opens (a takeover): a client connecting at that
+        // moment meets a listener, not a refusal.
+        sockaddr_in la{};
+        la.sin_family = AF_INET;
+        la.sin_addr = config_.stream_ip;
+        la.sin_port = htons(config_.rtsp_port);
+        auto fd = rtsp::listen_tcp(la);
+        run([this, fd] {
+            if (!fd) return log(Level::kErr, "RTSP: cannot listen: " + fd.error().message);
+            if (auto s = rtsp_->start_listening(*fd, true); !s) log(Level::kErr, "RTSP: " + s.error().message);
+        });
+    } else {
+        // Standing down: the partner serves the connections now, or is about to.
+        run([this] {
+            rtsp_->stop_listening();
+            if (pair_) rtsp_->drop_connections_silently();
+        });
+    }
+}
+
+void Daemon::adopt(std::vector<failover::RevivedConnection> revived) {
+    auto shared = std::make_shared<std::vector<failover::RevivedConnection>>(std::move(revived));
+    api_->post([this, shared] {
+        // The RTSP front end owns the sessions now, so keepalives and timeouts apply.
+        for (auto& v : engine_->sessions())
+            (void)rtsp_->adopt_session(v.id, v.asset,
+                                       v.transport == "RTP/AVP" ? rtsp::TransportKind::RtpAvp : rtsp::TransportKind::RawUdp);
+        size_t adopted = 0;
+        for (auto& r : *shared) {
+            rtsp::AdoptedConnection a;
+            a.fd = r.fd;
+            a.peer.sin_family = AF_INET;
+            a.peer.sin_addr = r.state.key.client;
+            a.peer.sin_port = htons(r.state.key.port);
+            a.in_offset = r.state.in_offset;
+            a.pending = std::move(r.state.pending);
+            a.out_offset = r.state.out_offset;
+            a.unsent = std::move(r.state.unsent);
+            if (auto s = rtsp_->adopt_connection(std::move(a)); s) ++adopted;
+            else log(Level::kWarning, "RTSP: adopt a revived connection: " + s.error().message);
+        }
+        auto st = failover_->status();
+        log(Level::kNotice,
+            "took over as primary: " + st.last_takeover_cause + "; " + std::to_string(adopted) + " RTSP connections carried on" +
+                (st.connections_lost ? ", " + std::to_string(st.connections_lost) + " lost (last: " + st.last_connection_lost + ")"
+                                     : ""),
+            {{"DETECTED_NS", std::to_string(st.last_detection_ns)},
+             {"GATE_OPEN_NS", std::to_string(st.last_takeover_ns)},
+             {"CONNECTIONS", std::to_string(adopted)}});
+    });
+}
+
+void Daemon::opened(const sockaddr_in& peer) {
+    if (!gate_) return;
+    if (auto s = gate_->hold_tcp({peer.sin_addr, ntohs(peer.sin_port)}); !s)
+        log(Level::kWarning, "RTSP connection not protected against a takeover: " + s.error().message);
+}
+
+void Daemon::closing(const sockaddr_in& peer) {
+    if (gate_) (void)gate_->release_tcp({peer.sin_addr, ntohs(peer.sin_port)});
+}
+
+void Daemon::request(const sockaddr_in&) {
+    in_request_ = true;
+    request_records_.clear();
+}
+
+void Daemon::answered(const sockaddr_in& peer, uint64_t request_end, uint64_t response_start, std::string_view response) {
+    failover::ConnReply r;
+    r.client_ip = peer.sin_addr;
+    r.client_port = ntohs(peer.sin_port);
+    r.request_end = request_end;
+    r.response_start = response_start;
+    r.response.assign(response);
+    r.records = std::move(request_records_);
+    request_records_.clear();
+    in_request_ = false;
+    if (r.request_end == 0) {  // (an answer to nothing framed: a timeout's 408 before any request)
+        for (auto& rec : r.records) failover_->replicate(rec);
+        return;
+    }
+    failover_->replicate_reply(r);
+}
+
+// The engine's decisions: those of an RTSP request travel with its answer (one message).
+void Daemon::on_record(const failover::SessionRecord& r) {
+    if (in_request_ && std::this_thread::get_id() == loop_thread_ && request_records_.size() < failover::kMaxReplyRecords) {
+        request_records_.push_back(r);
+        return;
+    }
+    failover_->replicate(r);
 }
 
 int Daemon::run() {
@@ -322,6 +441,23 @@ dbus::Dict Daemon::failover_dict() const {
         {"last_takeover_cause", st.last_takeover_cause},
         {"sessions_resumed_from_hub", st.sessions_resumed_from_hub},
         {"sessions_resumed_from_heartbeat", st.sessions_resumed_from_heartbeat},
+        {"tcp_connections_revived", st.connections_revived},
+        {"tcp_connections_lost", st.connections_lost},
+        {"tcp_last_connection_lost", st.last_connection_lost},
+        {"tcp_replies_sent", st.replies_sent},
+        {"tcp_replies_oversized", st.replies_oversized},
+        {"tcp_hub_segments", st.hub.segments},
+        {"tcp_hub_ignored", st.hub.ignored},
+        {"tcp_hub_connections", st.hub.connections},
+        {"tcp_hub_closed", st.hub.closed},
+        {"tcp_hub_evicted", st.hub.evicted},
+        {"tcp_hub_broken", st.hub.broken},
+        {"tcp_hub_replies", st.hub.replies},
+        {"tcp_hub_replies_answered", st.hub.replies_answered},
+        {"tcp_hub_replies_unknown", st.hub.replies_unknown},
+        {"tcp_tap_frames", st.tap_frames},
+        {"tcp_tap_malformed", st.tap_malformed},
+        {"tcp_tap_dropped", st.tap_dropped},
         {"peer_sent", st.peer.sent},
         {"peer_received", st.peer.received},
         {"peer_bad_auth", st.peer.bad_auth},

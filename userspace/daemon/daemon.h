@@ -8,6 +8,8 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "common/config.h"
 #include "dbus/server.h"
@@ -20,7 +22,7 @@
 
 namespace of::daemon {
 
-class Daemon : public dbus::Handler {
+class Daemon : public dbus::Handler, private rtsp::ConnectionObserver {
 public:
     static Result<std::unique_ptr<Daemon>> create(const Config& config);
     ~Daemon() override;
@@ -42,6 +44,19 @@ public:
 
 private:
     explicit Daemon(const Config& config) : config_(config) {}
+    // rtsp::ConnectionObserver: a pair holds each connection in the gate (its FIN and RST never
+    // leave unless we close it on purpose) and sends each answer, with the session decisions its
+    // request made, to the partner before writing it (docs/tcp-takeover.md).
+    void opened(const sockaddr_in& peer) override;
+    void closing(const sockaddr_in& peer) override;
+    void request(const sockaddr_in& peer) override;
+    void answered(const sockaddr_in& peer, uint64_t request_end, uint64_t response_start,
+                  std::string_view response) override;
+    void on_record(const failover::SessionRecord& r);
+    // RTSP listens while this server transmits (failover::transmits): a standby's kernel must not
+    // half-open the connections its partner serves. Called on the controller's thread.
+    void follow_state(failover::State before, failover::State now);
+    void adopt(std::vector<failover::RevivedConnection> revived);
     Status start();
     Status open_bus();
     void reply_failover(const Result<failover::State>& r, dbus::Reply<dbus::Dict>& reply);
@@ -61,6 +76,10 @@ private:
     std::unique_ptr<dbus::Server> api_;
     std::atomic<int> ingests_{0};
     int64_t started_ns_ = 0;
+    bool pair_ = false;                       // a partner is configured: connections are held
+    std::thread::id loop_thread_;
+    bool in_request_ = false;                 // loop thread: an RTSP request is being handled
+    std::vector<failover::SessionRecord> request_records_;  // ... and the decisions it made
 };
 
 }  // namespace of::daemon

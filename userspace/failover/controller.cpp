@@ -21,6 +21,8 @@
 #include "engine/engine.h"
 #include "gate/egress_gate.h"
 #include "libfo/libfo.h"
+#include "tcp_takeover/repair.h"
+#include "tcp_takeover/tap.h"
 
 namespace of::failover {
 
@@ -80,7 +82,12 @@ struct Controller::Impl {
     std::mutex send_mu;  // seq counters, partner addresses, the socket's sends
     std::atomic<uint64_t> sent{0}, send_errors{0};
     std::atomic<State> shared_state{State::kUnconfigured};
-    std::function<void()> takeover_hook;
+    std::function<void(std::vector<RevivedConnection>)> takeover_hook;
+    std::function<void(State, State)> state_hook;
+    // The hub view of the stream IP's TCP connections (opts.tcp): fed from the tap on this thread.
+    std::optional<tcp_takeover::Tap> tap;
+    std::optional<tcp_takeover::HubView> view;
+    std::atomic<uint64_t> replies_sent{0}, replies_oversized{0};
     int64_t active_since_rt = 0;  // CLOCK_REALTIME when we last started transmitting
     State state = State::kUnconfigured;
     ControllerStatus st;
@@ -155,9 +162,11 @@ struct Controller::Impl {
     }
     bool state_is(State s) const { return shared_state.load() == s; }
     void set_state(State s) {
+        State before = state;
         state = s;
         st.state = s;
         shared_state = s;
+        if (state_hook && before != s) state_hook(before, s);
     }
     Result<State> run_event(Event e, bool partner_online) {
         Outcome o = transition(state, e, partner_online);
@@ -211,10 +220,10 @@ struct Controller::Impl {
                 if (deadline > now) wake = std::min(wake, deadline);
             }
             int64_t wait = std::max<int64_t>(0, wake - now);
-            pollfd fds[4] = {{sock, POLLIN, 0}, {wake_fd, POLLIN, 0}, {lan_sock, POLLIN, 0},
-                             {backend ? backend->notify_fd() : -1, POLLIN, 0}};
+            pollfd fds[5] = {{sock, POLLIN, 0}, {wake_fd, POLLIN, 0}, {lan_sock, POLLIN, 0},
+                             {backend ? backend->notify_fd() : -1, POLLIN, 0}, {tap ? tap->fd() : -1, POLLIN, 0}};
             timespec ts = ns_to_timespec(wait);
-            int n = ppoll(fds, 4, &ts, nullptr);  // negative fds are ignored
+            int n = ppoll(fds, 5, &ts, nullptr);  // negative fds are ignored
             if (n > 0 && (fds[1].revents & POLLIN)) {
                 uint64_t v;
                 (void)!read(wake_fd, &v, sizeof v);
@@ -222,6 +231,10 @@ struct Controller::Impl {
             if (n > 0 && (fds[0].revents & POLLIN)) receive_all(sock);
             if (n > 0 && (fds[2].revents & POLLIN)) receive_all(lan_sock);
             if (n > 0 && (fds[3].revents & POLLIN)) (void)backend->dispatch();
+            if (n > 0 && (fds[4].revents & POLLIN)) {
+                std::lock_guard lk(mu);
+                pump_tap();
+            }
             now = monotonic_ns();
             if (now >= next_tick) {
                 tick(now);
@@ -347,6 +360,28 @@ struct Controller::Impl {
 
     void on_message(const SessionRecord& r, Path, const Message&, int64_t, std::unique_lock<std::mutex>& lk) {
         if (state != State::kSecondary && state != State::kSecondaryNoPrimary) return;
+        apply_record(r, lk);
+    }
+
+    // An RTSP answer of the primary: its decisions first, then the answer for the hub view, which
+    // is brought up to date first so that the answer finds its connection.
+    void on_message(const ConnReply& r, Path, const Message&, int64_t, std::unique_lock<std::mutex>& lk) {
+        if (state != State::kSecondary && state != State::kSecondaryNoPrimary) return;
+        for (auto& rec : r.records) apply_record(rec, lk);
+        if (!view) return;
+        pump_tap();
+        view->add_reply({{r.client_ip, r.client_port}, r.request_end, r.response_start, r.response});
+    }
+
+    // Reads what the tap holds into the hub view. Called with mu held, on the controller thread.
+    void pump_tap() {
+        if (!tap || !view) return;
+        int64_t now = monotonic_ns();
+        auto n = tap->drain([&](const tcp_takeover::Segment& seg) { view->add(seg, now); });
+        if (!n) st.last_error = "TCP tap: " + n.error().message;
+    }
+
+    void apply_record(const SessionRecord& r, std::unique_lock<std::mutex>& lk) {
         if (gate && r.op == SessionOp::kSetup) (void)gate->forget_seen({r.client_ip, r.client_port});
         if (r.op == SessionOp::kTeardown) progress.erase(r.session);  // bounded by live sessions
         lk.unlock();  // the engine talks to streaming threads; never hold our lock across that
@@ -515,6 +550,9 @@ struct Controller::Impl {
             }
             if (from) (void)engine.resume_from(f.session, *from);
         }
+        // The TCP connections, before the gate opens: from then on a client segment that found no
+        // socket here would be answered with an RST that leaves.
+        std::vector<RevivedConnection> revived = revive_connections();
         State prev = state;
         set_state(o.next);
         apply_gate(prev);  // the gate opens now; the backend learns next (a round trip)
@@ -528,7 +566,35 @@ struct Controller::Impl {
         st.last_takeover_ns = opened;
         st.last_takeover_cause = cause;
         send_both(StopOrder{uint64_t(active_since_rt)});
-        if (takeover_hook) takeover_hook();
+        if (takeover_hook) takeover_hook(std::move(revived));
+        else
+            for (auto& r : revived) tcp_takeover::close_silently(r.fd);
+    }
+
+    // Revives every connection the hub view can (repair.h) and holds it in the gate. What cannot
+    // be revived is counted, with the last reason.
+    std::vector<RevivedConnection> revive_connections() {
+        std::vector<RevivedConnection> out;
+        if (!view) return out;
+        pump_tap();
+        auto plan = view->plan(monotonic_ns());
+        for (auto& r : plan.revive) {
+            auto fd = tcp_takeover::revive(r);
+            if (!fd) {
+                ++st.connections_lost;
+                st.last_connection_lost = fd.error().message;
+                continue;
+            }
+            if (gate) (void)gate->hold_tcp({r.key.client, r.key.port});
+            view->forget(r.key);
+            ++st.connections_revived;
+            out.push_back({*fd, std::move(r)});
+        }
+        for (auto& [k, why] : plan.lost) {
+            ++st.connections_lost;
+            st.last_connection_lost = tcp_takeover::to_string(k) + ": " + why;
+        }
+        return out;
     }
 };
 
@@ -585,6 +651,13 @@ Result<std::unique_ptr<Controller>> Controller::create(ControllerOptions options
     }
     impl->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (impl->wake_fd < 0) return errno_error("eventfd");
+    if (impl->opts.tcp) {
+        if (impl->opts.stream_interface.empty()) return make_error(EINVAL, "TCP takeover needs the stream interface");
+        auto tap = tcp_takeover::Tap::open(impl->opts.stream_interface, impl->opts.tcp->server, impl->opts.tcp->server_port);
+        if (!tap) return make_error(tap.error().code, "TCP takeover: " + tap.error().message);
+        impl->tap.emplace(std::move(*tap));
+        impl->view.emplace(*impl->opts.tcp);
+    }
 
     // Adopt what the backend holds (the kernel keeps the state across daemon restarts).
     if (backend) {
@@ -605,9 +678,14 @@ Result<std::unique_ptr<Controller>> Controller::create(ControllerOptions options
     Impl* raw = impl.get();
     if (backend) {
         // The backend may change the state on its own (a critical process died): follow it.
-        auto reg = backend->register_notify([raw](const fo::Change& c) {
+        auto reg = backend->register_notify([raw](const fo::Change&) {
             std::lock_guard lk(raw->mu);
-            auto known = state_of(fo_type(c.now.type), fo_state(c.now.state));
+            // Notifications of our own moves arrive after them: one says a state we have left
+            // already. What counts is where the backend is now (read under mu, so never in the
+            // middle of one of our moves): different from ours only when someone else moved it.
+            auto cur = raw->backend->status();
+            if (!cur) return;
+            auto known = state_of(fo_type(cur->now.type), fo_state(cur->now.state));
             if (!known || *known == raw->state) return;
             State prev = raw->state;
             raw->set_state(*known);
@@ -747,9 +825,31 @@ void Controller::replicate(const SessionRecord& record) {
     impl_->send_both(record);
 }
 
-void Controller::on_takeover(std::function<void()> fn) {
+void Controller::replicate_reply(const ConnReply& reply) {
+    if (!transmits(impl_->shared_state.load())) return;
+    ++impl_->replies_sent;
+    // One message if it fits; else the decisions go first on their own and the answer after them
+    // (the partner then cannot complete this answer should it be cut on the wire).
+    Message probe{0, 1, 0, reply};
+    if (!impl_->opts.key.empty() && !encode(probe, impl_->opts.key)) {
+        ++impl_->replies_oversized;
+        for (auto& r : reply.records) impl_->send_both(r);
+        ConnReply bare = reply;
+        bare.records.clear();
+        impl_->send_both(bare);
+        return;
+    }
+    impl_->send_both(reply);
+}
+
+void Controller::on_takeover(std::function<void(std::vector<RevivedConnection>)> fn) {
     std::lock_guard lk(impl_->mu);
     impl_->takeover_hook = std::move(fn);
+}
+
+void Controller::on_state(std::function<void(State, State)> fn) {
+    std::lock_guard lk(impl_->mu);
+    impl_->state_hook = std::move(fn);
 }
 
 ControllerStatus Controller::status() const {
@@ -762,6 +862,15 @@ ControllerStatus Controller::status() const {
     s.max_missed = impl_->opts.max_missed;
     s.partner_online = impl_->partner_configured() &&
                        monotonic_ns() - impl_->partner_ack_mono <= impl_->silence_limit_ns();
+    s.replies_sent = impl_->replies_sent.load();
+    s.replies_oversized = impl_->replies_oversized.load();
+    if (impl_->view) s.hub = impl_->view->counters();
+    if (impl_->tap) {
+        auto t = impl_->tap->counters();
+        s.tap_frames = t.frames;
+        s.tap_malformed = t.malformed;
+        s.tap_dropped = t.dropped;
+    }
     return s;
 }
 

@@ -32,6 +32,7 @@
 #include "common/result.h"
 #include "failover/peer_protocol.h"
 #include "failover/state_machine.h"
+#include "tcp_takeover/hub_view.h"
 
 namespace of::engine {
 class Engine;
@@ -77,6 +78,16 @@ struct ControllerOptions {
     std::function<std::vector<std::pair<std::string, std::string>>()> sync_params;
     // Applies what a sync brought; returns why not if it cannot (the sync then fails).
     std::function<Status(const std::vector<std::pair<std::string, std::string>>&)> apply_sync;
+    // Carry the stream IP's TCP connections (RTSP) over at a takeover (docs/tcp-takeover.md):
+    // the service the hub view watches on stream_interface, and its message framers. Unset:
+    // connections are not carried over.
+    std::optional<tcp_takeover::HubViewOptions> tcp;
+};
+
+// A connection revived here at a takeover: its socket (the receiver owns it) and its state.
+struct RevivedConnection {
+    int fd = -1;
+    tcp_takeover::Revival state;
 };
 
 struct PeerCounters {
@@ -109,6 +120,13 @@ struct ControllerStatus {
     std::string last_takeover_cause;
     uint64_t sessions_resumed_from_hub = 0;
     uint64_t sessions_resumed_from_heartbeat = 0;
+    uint64_t connections_revived = 0;     // TCP connections carried over at takeovers
+    uint64_t connections_lost = 0;        // seen on the hub but not revivable at a takeover
+    std::string last_connection_lost;     // which and why
+    uint64_t replies_sent = 0;            // RTSP answers sent to the partner (primary)
+    uint64_t replies_oversized = 0;       // too large for one message: sent without their records
+    tcp_takeover::HubViewCounters hub;    // what the hub view saw (secondary)
+    uint64_t tap_frames = 0, tap_malformed = 0, tap_dropped = 0;
     std::string last_error;
     PeerCounters peer;
 };
@@ -140,8 +158,16 @@ public:
     // A session decision of the engine (its observer): the primary sends it to the partner.
     // Safe from any thread, including from inside the engine (it takes no lock the engine waits on).
     void replicate(const SessionRecord& record);
-    // Called on the controller thread after a takeover, e.g. to adopt the sessions into RTSP.
-    void on_takeover(std::function<void()> fn);
+    // The answer to an RTSP request on a connection the pair carries over, with the session
+    // decisions that request caused (sent as one message; replicate() for the others).
+    void replicate_reply(const ConnReply& reply);
+    // Called on the controller thread after a takeover with the connections revived here (the
+    // callee owns their sockets), e.g. to adopt them and the sessions into RTSP.
+    void on_takeover(std::function<void(std::vector<RevivedConnection>)> fn);
+    // Called right after every state change, on the thread that made it, before the gate follows
+    // the new state (at a takeover: after the connections were revived, before the gate opens).
+    // Must not block and must not call the Controller.
+    void on_state(std::function<void(State before, State now)> fn);
 
     ControllerStatus status() const;
     State state() const;

@@ -82,12 +82,50 @@ bool printable(const std::string& s) {
 
 Error malformed(const std::string& why) { return make_error(EBADMSG, "peer message: " + why); }
 
+void put_record(Writer& body, const SessionRecord& r) {
+    body.u8(uint8_t(r.op));
+    body.u64(r.session);
+    body.str(r.asset);
+    body.u32(ntohl(r.client_ip.s_addr));
+    body.u16(r.client_port);
+    body.u16(r.client_rtcp_port);
+    body.u8(r.rtp ? 1 : 0);
+    body.u32(r.ssrc);
+    body.u64(r.start_packet);
+    body.u64(uint64_t(r.start_time_ns));
+    body.u16(r.seq_base);
+    body.u32(r.rtp_ts_base);
+}
+
+Result<SessionRecord> get_record(Reader& r) {
+    SessionRecord x;
+    uint8_t op = r.u8();
+    if (op < 1 || op > 4) return malformed("unknown session op " + std::to_string(op));
+    x.op = SessionOp(op);
+    x.session = r.u64();
+    x.asset = r.str(kMaxNameLength);
+    x.client_ip.s_addr = htonl(r.u32());
+    x.client_port = r.u16();
+    x.client_rtcp_port = r.u16();
+    uint8_t rtp = r.u8();
+    if (rtp > 1) return malformed("bad transport flag");
+    x.rtp = rtp == 1;
+    x.ssrc = r.u32();
+    x.start_packet = r.u64();
+    x.start_time_ns = int64_t(r.u64());
+    x.seq_base = r.u16();
+    x.rtp_ts_base = r.u32();
+    if (!printable(x.asset)) return malformed("unprintable asset name");
+    return x;
+}
+
 }  // namespace
 
 MsgType type_of(const Body& b) {
     static constexpr MsgType kTypes[] = {MsgType::kHeartbeat, MsgType::kHeartbeatAck, MsgType::kFailover,
                                          MsgType::kStop,      MsgType::kSession,      MsgType::kSyncRequest,
-                                         MsgType::kSyncReply};
+                                         MsgType::kSyncReply, MsgType::kReply};
+    static_assert(std::size(kTypes) == std::variant_size_v<Body>);
     return kTypes[b.index()];
 }
 
@@ -115,18 +153,20 @@ Result<std::vector<uint8_t>> encode(const Message& m, std::span<const uint8_t> k
         body.u64(s->takeover_ns);
     } else if (auto* r = std::get_if<SessionRecord>(&m.body)) {
         if (r->asset.size() > kMaxNameLength) return make_error(EMSGSIZE, "asset name too long");
-        body.u8(uint8_t(r->op));
-        body.u64(r->session);
-        body.str(r->asset);
-        body.u32(ntohl(r->client_ip.s_addr));
-        body.u16(r->client_port);
-        body.u16(r->client_rtcp_port);
-        body.u8(r->rtp ? 1 : 0);
-        body.u32(r->ssrc);
-        body.u64(r->start_packet);
-        body.u64(uint64_t(r->start_time_ns));
-        body.u16(r->seq_base);
-        body.u32(r->rtp_ts_base);
+        put_record(body, *r);
+    } else if (auto* c = std::get_if<ConnReply>(&m.body)) {
+        if (c->records.size() > kMaxReplyRecords) return make_error(EMSGSIZE, "too many records in a reply");
+        if (c->response.size() > kPeerMaxDatagram) return make_error(EMSGSIZE, "reply too long");
+        body.u32(ntohl(c->client_ip.s_addr));
+        body.u16(c->client_port);
+        body.u64(c->request_end);
+        body.u64(c->response_start);
+        body.str(c->response);
+        body.u8(uint8_t(c->records.size()));
+        for (auto& rec : c->records) {
+            if (rec.asset.size() > kMaxNameLength) return make_error(EMSGSIZE, "asset name too long");
+            put_record(body, rec);
+        }
     } else if (auto* q = std::get_if<SyncRequest>(&m.body)) {
         body.u64(q->nonce);
     } else if (auto* y = std::get_if<SyncReply>(&m.body)) {
@@ -210,24 +250,26 @@ Result<Message> decode(std::span<const uint8_t> d, std::span<const uint8_t> key)
         m.body = StopOrder{r.u64()};
         break;
     case MsgType::kSession: {
-        SessionRecord x;
-        uint8_t op = r.u8();
-        if (op < 1 || op > 4) return malformed("unknown session op " + std::to_string(op));
-        x.op = SessionOp(op);
-        x.session = r.u64();
-        x.asset = r.str(kMaxNameLength);
+        auto x = get_record(r);
+        if (!x) return x.error();
+        m.body = std::move(*x);
+        break;
+    }
+    case MsgType::kReply: {
+        ConnReply x;
         x.client_ip.s_addr = htonl(r.u32());
         x.client_port = r.u16();
-        x.client_rtcp_port = r.u16();
-        uint8_t rtp = r.u8();
-        if (rtp > 1) return malformed("bad transport flag");
-        x.rtp = rtp == 1;
-        x.ssrc = r.u32();
-        x.start_packet = r.u64();
-        x.start_time_ns = int64_t(r.u64());
-        x.seq_base = r.u16();
-        x.rtp_ts_base = r.u32();
-        if (!printable(x.asset)) return malformed("unprintable asset name");
+        x.request_end = r.u64();
+        x.response_start = r.u64();
+        x.response = r.str(kPeerMaxDatagram);
+        size_t n = r.u8();
+        if (n > kMaxReplyRecords) return malformed("too many records in a reply");
+        for (size_t i = 0; i < n && r.ok(); ++i) {
+            auto rec = get_record(r);
+            if (!rec) return rec.error();
+            x.records.push_back(std::move(*rec));
+        }
+        if (x.client_port == 0 || x.request_end == 0) return malformed("reply names no request");
         m.body = std::move(x);
         break;
     }

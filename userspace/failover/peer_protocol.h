@@ -40,6 +40,7 @@ enum class MsgType : uint8_t {
     kSession = 5,        // primary -> secondary: a client request and its decisions
     kSyncRequest = 6,    // secondary -> primary: send me the [0083] parameters
     kSyncReply = 7,      // primary -> secondary: the parameters
+    kReply = 8,          // primary -> secondary: an RTSP answer and the decisions it carries
 };
 
 // Per-session progress carried by heartbeats: where the primary's sender is.
@@ -100,7 +101,23 @@ struct SyncReply {
     std::vector<std::pair<std::string, std::string>> params;  // bounded by the datagram size
 };
 
-using Body = std::variant<Heartbeat, HeartbeatAck, FailoverNotice, StopOrder, SessionRecord, SyncRequest, SyncReply>;
+// The answer to one RTSP request, sent to the partner before it is written to the client's
+// connection, with the session decisions that request caused: one message, so the partner has
+// both or neither. A partner taking the connection over answers from it a request that was
+// executed but not yet answered on the wire, instead of executing it twice
+// (tcp_takeover/hub_view.h, docs/tcp-takeover.md).
+constexpr size_t kMaxReplyRecords = 4;
+struct ConnReply {
+    in_addr client_ip{};
+    uint16_t client_port = 0;      // the client's TCP port, host order
+    uint64_t request_end = 0;      // client-stream offset just after the request
+    uint64_t response_start = 0;   // server-stream offset of the answer's first byte
+    std::string response;          // the answer as written (bounded by the datagram)
+    std::vector<SessionRecord> records;  // at most kMaxReplyRecords
+};
+
+using Body = std::variant<Heartbeat, HeartbeatAck, FailoverNotice, StopOrder, SessionRecord, SyncRequest, SyncReply,
+                          ConnReply>;
 
 struct Message {
     uint64_t epoch = 0;    // random per daemon start

@@ -12,6 +12,7 @@
 #include "rtsp/sdp.h"
 #include "rtsp/status.h"
 #include "rtsp/text.h"
+#include "tcp_takeover/repair.h"
 
 namespace of::rtsp {
 
@@ -64,7 +65,14 @@ struct RtspServer::Connection {
     std::string out;
     size_t out_off = 0;
     std::optional<in_addr> peer_v4;  // nullopt for a pure IPv6 peer
+    uint16_t peer_port = 0;          // host order
     std::string peer_key;            // the peer's address bytes, for the per-address limit
+    // Byte offsets of both directions since the connection began, as a partner watching the
+    // wire counts them (docs/tcp-takeover.md): what went into the parser, what went into `out`.
+    uint64_t in_total = 0;
+    uint64_t out_total = 0;
+    uint64_t request_end = 0;        // client offset just after the request being answered
+    std::string preread;             // bytes received by a server before us (an adopted connection)
     std::string local_ip;            // for the SDP origin
     bool local_ipv6 = false;
     std::string local_host;          // "ip:port" for Content-Base when the URI had no host
@@ -81,6 +89,14 @@ struct RtspServer::Connection {
 
     explicit Connection(const ParserLimits& l) : parser(l) {}
     size_t pending() const { return out.size() - out_off; }
+    std::optional<sockaddr_in> peer() const {
+        if (!peer_v4) return std::nullopt;
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_addr = *peer_v4;
+        a.sin_port = htons(peer_port);
+        return a;
+    }
 };
 
 struct RtspServer::Session {
@@ -107,65 +123,85 @@ Result<int> listen_tcp(const sockaddr_in& addr, int backlog) {
     return fd;
 }
 
-RtspServer::RtspServer(sd_event* loop, int listen_fd, bool owns_fd, SessionBackend& backend, const Limits& limits)
-    : loop_(sd_event_ref(loop)), listen_fd_(listen_fd), owns_fd_(owns_fd), backend_(backend), limits_(limits) {}
+RtspServer::RtspServer(sd_event* loop, SessionBackend& backend, const Limits& limits)
+    : loop_(sd_event_ref(loop)), backend_(backend), limits_(limits) {}
+
+Result<std::unique_ptr<RtspServer>> RtspServer::create(sd_event* loop, SessionBackend& backend, const Limits& limits) {
+    if (!loop) return make_error(EINVAL, "no event loop");
+    if (auto st = check_limits(limits); !st) return st.error();
+    std::unique_ptr<RtspServer> s(new RtspServer(loop, backend, limits));
+    // Made now, disabled: when descriptors run out, creating it (its clock's timerfd is made on
+    // first use) could fail too, and listening would never resume.
+    int r = sd_event_add_time_relative(loop, &s->accept_retry_, CLOCK_MONOTONIC, kAcceptRetryUsec, 0,
+                                       &RtspServer::on_accept_retry, s.get());
+    if (r < 0) return errno_error("sd_event_add_time(RTSP accept retry)", -r);
+    sd_event_source_set_enabled(s->accept_retry_, SD_EVENT_OFF);
+    return s;
+}
 
 Result<std::unique_ptr<RtspServer>> RtspServer::create(sd_event* loop, int listen_fd, SessionBackend& backend,
                                                        const Limits& limits) {
-    if (!loop) return make_error(EINVAL, "no event loop");
-    if (auto st = check_limits(limits); !st) return st.error();
-    int accepting = 0;
-    socklen_t len = sizeof accepting;
-    if (getsockopt(listen_fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &len) < 0)
-        return errno_error("RTSP listening socket");
-    if (!accepting) return make_error(EINVAL, "RTSP socket is not listening");
-    std::unique_ptr<RtspServer> s(new RtspServer(loop, listen_fd, false, backend, limits));
-    if (auto st = s->start(); !st) return st.error();
+    auto s = create(loop, backend, limits);
+    if (!s) return s;
+    if (auto st = (*s)->start_listening(listen_fd, false); !st) return st.error();
     return s;
 }
 
 Result<std::unique_ptr<RtspServer>> RtspServer::create(sd_event* loop, const sockaddr_in& addr, SessionBackend& backend,
                                                        const Limits& limits) {
-    if (!loop) return make_error(EINVAL, "no event loop");
-    if (auto st = check_limits(limits); !st) return st.error();
+    auto s = create(loop, backend, limits);
+    if (!s) return s;
     auto fd = listen_tcp(addr);
     if (!fd) return fd.error();
-    std::unique_ptr<RtspServer> s(new RtspServer(loop, *fd, true, backend, limits));
-    if (auto st = s->start(); !st) return st.error();
+    if (auto st = (*s)->start_listening(*fd, true); !st) return st.error();
     return s;
 }
 
-Status RtspServer::start() {
+Status RtspServer::start_listening(int listen_fd, bool take_ownership) {
+    auto give_up = [&](Error e) -> Status {
+        if (take_ownership) close(listen_fd);
+        return e;
+    };
+    if (listen_fd_ >= 0) return give_up(make_error(EALREADY, "the RTSP server is listening already"));
+    int accepting = 0;
+    socklen_t len = sizeof accepting;
+    if (getsockopt(listen_fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &len) < 0)
+        return give_up(errno_error("RTSP listening socket"));
+    if (!accepting) return give_up(make_error(EINVAL, "RTSP socket is not listening"));
     // Accepting must never block the loop, whoever created the socket.
-    int flags = fcntl(listen_fd_, F_GETFL);
-    if (flags < 0 || fcntl(listen_fd_, F_SETFL, flags | O_NONBLOCK) < 0) return errno_error("O_NONBLOCK on RTSP socket");
-    int r = sd_event_add_io(loop_, &listen_source_, listen_fd_, EPOLLIN, &RtspServer::on_listen, this);
-    if (r < 0) return errno_error("sd_event_add_io(RTSP listen)", -r);
-    // Made now, disabled: when descriptors run out, creating it (its clock's timerfd is made on
-    // first use) could fail too, and listening would never resume.
-    r = sd_event_add_time_relative(loop_, &accept_retry_, CLOCK_MONOTONIC, kAcceptRetryUsec, 0,
-                                   &RtspServer::on_accept_retry, this);
-    if (r < 0) return errno_error("sd_event_add_time(RTSP accept retry)", -r);
-    sd_event_source_set_enabled(accept_retry_, SD_EVENT_OFF);
+    int flags = fcntl(listen_fd, F_GETFL);
+    if (flags < 0 || fcntl(listen_fd, F_SETFL, flags | O_NONBLOCK) < 0)
+        return give_up(errno_error("O_NONBLOCK on RTSP socket"));
+    int r = sd_event_add_io(loop_, &listen_source_, listen_fd, EPOLLIN, &RtspServer::on_listen, this);
+    if (r < 0) return give_up(errno_error("sd_event_add_io(RTSP listen)", -r));
+    listen_fd_ = listen_fd;
+    owns_fd_ = take_ownership;
     return {};
 }
 
+void RtspServer::stop_listening() {
+    listen_source_ = sd_event_source_disable_unref(listen_source_);
+    sd_event_source_set_enabled(accept_retry_, SD_EVENT_OFF);
+    if (owns_fd_ && listen_fd_ >= 0) close(listen_fd_);
+    listen_fd_ = -1;
+    owns_fd_ = false;
+}
+
 RtspServer::~RtspServer() {
-    for (auto& [id, c] : connections_) {
-        sd_event_source_disable_unref(c->io);
-        sd_event_source_disable_unref(c->timer);
-        close(c->fd);
-    }
-    connections_.clear();
+    while (!connections_.empty()) close_connection(*connections_.begin()->second, false);
     for (auto& [id, s] : sessions_) sd_event_source_disable_unref(s->timer);
     sessions_.clear();
-    sd_event_source_disable_unref(listen_source_);
+    stop_listening();
     sd_event_source_disable_unref(accept_retry_);
-    if (owns_fd_) close(listen_fd_);
     sd_event_unref(loop_);
 }
 
+void RtspServer::drop_connections_silently() {
+    while (!connections_.empty()) close_connection(*connections_.begin()->second, true);
+}
+
 uint16_t RtspServer::port() const {
+    if (listen_fd_ < 0) return 0;
     sockaddr_storage ss{};
     socklen_t len = sizeof ss;
     if (getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&ss), &len) < 0) return 0;
@@ -199,7 +235,7 @@ int RtspServer::on_accept_retry(sd_event_source*, uint64_t, void* userdata) {
 }
 
 void RtspServer::accept_pending() {
-    for (int i = 0; i < kAcceptsPerWakeup; ++i) {
+    for (int i = 0; i < kAcceptsPerWakeup && listen_fd_ >= 0; ++i) {
         sockaddr_storage peer{};
         socklen_t len = sizeof peer;
         int fd = accept4(listen_fd_, reinterpret_cast<sockaddr*>(&peer), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -213,78 +249,117 @@ void RtspServer::accept_pending() {
             }
             return;  // EAGAIN, or an error the next wakeup retries
         }
-        std::optional<in_addr> peer_v4;
-        std::string peer_key;
-        if (peer.ss_family == AF_INET) {
-            peer_v4 = reinterpret_cast<sockaddr_in*>(&peer)->sin_addr;
-        } else if (peer.ss_family == AF_INET6) {
-            auto* a6 = reinterpret_cast<sockaddr_in6*>(&peer);
-            if (IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr)) {
-                in_addr v4;
-                std::memcpy(&v4, a6->sin6_addr.s6_addr + 12, 4);
-                peer_v4 = v4;
-            } else {
-                peer_key.assign(reinterpret_cast<const char*>(a6->sin6_addr.s6_addr), 16);
-            }
-        }
-        if (peer_v4) peer_key.assign(reinterpret_cast<const char*>(&peer_v4->s_addr), 4);
-        if (connections_.size() >= limits_.max_connections ||
-            connections_per_address_[peer_key] >= limits_.max_connections_per_address) {
-            if (!connections_per_address_[peer_key]) connections_per_address_.erase(peer_key);
-            ++counters_.connections_refused;
-            close(fd);
-            continue;
-        }
-        auto c = std::make_unique<Connection>(limits_.parser);
-        c->server = this;
-        c->id = next_connection_id_++;
-        c->fd = fd;
-        c->peer_v4 = peer_v4;
-        c->peer_key = peer_key;
-        sockaddr_storage local{};
-        len = sizeof local;
-        char ip[INET6_ADDRSTRLEN] = "0.0.0.0";
-        uint16_t lport = 0;
-        if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0) {
-            if (local.ss_family == AF_INET) {
-                auto* a = reinterpret_cast<sockaddr_in*>(&local);
-                inet_ntop(AF_INET, &a->sin_addr, ip, sizeof ip);
-                lport = ntohs(a->sin_port);
-            } else if (local.ss_family == AF_INET6) {
-                auto* a6 = reinterpret_cast<sockaddr_in6*>(&local);
-                lport = ntohs(a6->sin6_port);
-                if (IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr)) {
-                    inet_ntop(AF_INET, a6->sin6_addr.s6_addr + 12, ip, sizeof ip);
-                } else {
-                    inet_ntop(AF_INET6, &a6->sin6_addr, ip, sizeof ip);
-                    c->local_ipv6 = true;
-                }
-            }
-        }
-        c->local_ip = ip;
-        c->local_host = c->local_ipv6 ? cat("[", c->local_ip, "]:", std::to_string(lport))
-                                      : cat(c->local_ip, ":", std::to_string(lport));
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // answers are whole messages
-
-        uint64_t now = now_usec();
-        c->last_request_usec = now;
-        int r = sd_event_add_io(loop_, &c->io, fd, EPOLLIN, &RtspServer::on_connection_io, c.get());
-        if (r >= 0)
-            r = sd_event_add_time(loop_, &c->timer, CLOCK_MONOTONIC, now + limits_.idle_timeout_usec,
-                                  kConnectionTimerAccuracyUsec, &RtspServer::on_connection_timer, c.get());
-        if (r < 0) {
-            sd_event_source_disable_unref(c->io);
-            sd_event_source_disable_unref(c->timer);
-            close(fd);
-            ++counters_.connections_refused;
-            continue;
-        }
-        ++counters_.connections_accepted;
-        ++counters_.connections_open;
-        ++connections_per_address_[c->peer_key];
-        connections_.emplace(c->id, std::move(c));
+        if (add_connection(fd, peer, false)) ++counters_.connections_accepted;
     }
+}
+
+RtspServer::Connection* RtspServer::add_connection(int fd, const sockaddr_storage& peer, bool adopted) {
+    std::optional<in_addr> peer_v4;
+    uint16_t peer_port = 0;
+    std::string peer_key;
+    if (peer.ss_family == AF_INET) {
+        peer_v4 = reinterpret_cast<const sockaddr_in*>(&peer)->sin_addr;
+        peer_port = ntohs(reinterpret_cast<const sockaddr_in*>(&peer)->sin_port);
+    } else if (peer.ss_family == AF_INET6) {
+        auto* a6 = reinterpret_cast<const sockaddr_in6*>(&peer);
+        peer_port = ntohs(a6->sin6_port);
+        if (IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr)) {
+            in_addr v4;
+            std::memcpy(&v4, a6->sin6_addr.s6_addr + 12, 4);
+            peer_v4 = v4;
+        } else {
+            peer_key.assign(reinterpret_cast<const char*>(a6->sin6_addr.s6_addr), 16);
+        }
+    }
+    if (peer_v4) peer_key.assign(reinterpret_cast<const char*>(&peer_v4->s_addr), 4);
+    // An adopted connection existed already on the partner: it is kept whatever the limits say.
+    if (!adopted && (connections_.size() >= limits_.max_connections ||
+                     connections_per_address_[peer_key] >= limits_.max_connections_per_address)) {
+        if (!connections_per_address_[peer_key]) connections_per_address_.erase(peer_key);
+        ++counters_.connections_refused;
+        close(fd);
+        return nullptr;
+    }
+    auto c = std::make_unique<Connection>(limits_.parser);
+    c->server = this;
+    c->id = next_connection_id_++;
+    c->fd = fd;
+    c->peer_v4 = peer_v4;
+    c->peer_port = peer_port;
+    c->peer_key = peer_key;
+    sockaddr_storage local{};
+    socklen_t len = sizeof local;
+    char ip[INET6_ADDRSTRLEN] = "0.0.0.0";
+    uint16_t lport = 0;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0) {
+        if (local.ss_family == AF_INET) {
+            auto* a = reinterpret_cast<sockaddr_in*>(&local);
+            inet_ntop(AF_INET, &a->sin_addr, ip, sizeof ip);
+            lport = ntohs(a->sin_port);
+        } else if (local.ss_family == AF_INET6) {
+            auto* a6 = reinterpret_cast<sockaddr_in6*>(&local);
+            lport = ntohs(a6->sin6_port);
+            if (IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr)) {
+                inet_ntop(AF_INET, a6->sin6_addr.s6_addr + 12, ip, sizeof ip);
+            } else {
+                inet_ntop(AF_INET6, &a6->sin6_addr, ip, sizeof ip);
+                c->local_ipv6 = true;
+            }
+        }
+    }
+    c->local_ip = ip;
+    c->local_host = c->local_ipv6 ? cat("[", c->local_ip, "]:", std::to_string(lport))
+                                  : cat(c->local_ip, ":", std::to_string(lport));
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // answers are whole messages
+
+    uint64_t now = now_usec();
+    c->last_request_usec = now;
+    int r = sd_event_add_io(loop_, &c->io, fd, EPOLLIN, &RtspServer::on_connection_io, c.get());
+    if (r >= 0)
+        r = sd_event_add_time(loop_, &c->timer, CLOCK_MONOTONIC, now + limits_.idle_timeout_usec,
+                              kConnectionTimerAccuracyUsec, &RtspServer::on_connection_timer, c.get());
+    if (r < 0) {
+        sd_event_source_disable_unref(c->io);
+        sd_event_source_disable_unref(c->timer);
+        if (adopted) tcp_takeover::close_silently(fd);  // it is someone's to carry on
+        else close(fd);
+        ++counters_.connections_refused;
+        return nullptr;
+    }
+    ++counters_.connections_open;
+    ++connections_per_address_[c->peer_key];
+    Connection* raw = c.get();
+    connections_.emplace(c->id, std::move(c));
+    if (observer_ && raw->peer_v4) observer_->opened(*raw->peer());
+    return raw;
+}
+
+Status RtspServer::adopt_connection(AdoptedConnection a) {
+    sockaddr_storage peer{};
+    std::memcpy(&peer, &a.peer, sizeof a.peer);
+    Connection* c = add_connection(a.fd, peer, true);
+    if (!c) return make_error(EMFILE, "cannot watch the adopted connection");
+    ++counters_.connections_adopted;
+    c->in_total = a.in_offset;
+    c->preread = std::move(a.pending);
+    c->out = std::move(a.unsent);
+    c->out_total = a.out_offset;
+    if (c->pending()) c->write_progress_usec = now_usec();
+    // What the old server left unanswered is served now, not when the client next speaks.
+    service(*c, EPOLLOUT);
+    return {};
+}
+
+// Hands buffered bytes of an adopted connection to the parser, as far as it has room.
+void RtspServer::feed_preread(Connection& c) {
+    if (c.preread.empty()) return;
+    size_t n = std::min(c.preread.size(), c.parser.room());
+    if (n == 0) return;
+    if (!c.parser.mid_request()) c.partial_since_usec = now_usec();
+    c.parser.append(std::string_view(c.preread).substr(0, n));
+    c.in_total += n;
+    c.preread.erase(0, n);
 }
 
 // ---- connection I/O ----
@@ -315,7 +390,7 @@ int RtspServer::on_connection_timer(sd_event_source*, uint64_t, void* userdata) 
     }
     if (timed_out) {
         ++s.counters_.connections_timed_out;
-        s.close_connection(*c);
+        s.close_connection(*c, false);
     } else {
         s.update_connection(*c);
     }
@@ -344,17 +419,20 @@ void RtspServer::service(Connection& c, uint32_t revents) {
             }
         }
     } else if (!c.dead) {
+        feed_preread(c);
         process_requests(c);  // requests left waiting while answers were not being read
         if ((revents & (EPOLLIN | EPOLLHUP)) && !c.peer_eof) {
             char buf[4096];
             size_t budget = limits_.max_read_per_wakeup;
-            while (budget && !c.dead && !c.closing && c.pending() < limits_.max_output_bytes) {
+            // Bytes an adopted connection brought come first (level-triggered: the socket's wait).
+            while (budget && !c.dead && !c.closing && c.pending() < limits_.max_output_bytes && c.preread.empty()) {
                 size_t want = std::min({sizeof buf, budget, c.parser.room()});
                 if (want == 0) break;
                 ssize_t n = recv(c.fd, buf, want, 0);
                 if (n > 0) {
                     if (!c.parser.mid_request()) c.partial_since_usec = now_usec();
                     c.parser.append(std::string_view(buf, size_t(n)));
+                    c.in_total += size_t(n);
                     budget -= size_t(n);
                     process_requests(c);
                     continue;
@@ -375,11 +453,12 @@ void RtspServer::service(Connection& c, uint32_t revents) {
         flush(c);
         if (c.dead || c.closing || c.pending() >= limits_.max_output_bytes) break;
         uint64_t before = counters_.requests;
+        feed_preread(c);
         process_requests(c);
         if (counters_.requests == before) break;
     }
     if (c.dead || ((c.peer_eof || (c.closing && c.shut_wr && (revents & EPOLLHUP))) && !c.pending())) {
-        close_connection(c);
+        close_connection(c, false);
         return;
     }
     update_connection(c);
@@ -393,7 +472,9 @@ void RtspServer::process_requests(Connection& c) {
         ++counters_.requests;
         c.last_request_usec = now_usec();
         c.partial_since_usec = c.parser.mid_request() ? c.last_request_usec : 0;
+        c.request_end = c.in_total - c.parser.buffered();
         if (st == ParseStatus::Complete) {
+            if (observer_ && c.peer_v4) observer_->request(*c.peer());
             handle(c, req);
             continue;
         }
@@ -430,6 +511,7 @@ void RtspServer::flush(Connection& c) {
         c.out_off = 0;
     }
     if (c.closing && !c.pending() && !c.shut_wr && !c.peer_eof) {
+        if (observer_ && c.peer_v4) observer_->closing(*c.peer());  // our FIN must go out
         shutdown(c.fd, SHUT_WR);
         c.shut_wr = true;
     }
@@ -455,13 +537,18 @@ void RtspServer::update_connection(Connection& c) {
     sd_event_source_set_enabled(c.timer, SD_EVENT_ONESHOT);
 }
 
-void RtspServer::close_connection(Connection& c) {
+void RtspServer::close_connection(Connection& c, bool silently) {
     // Its sessions live on: RTSP allows the next request on another connection.
     for (auto& [id, s] : sessions_)
         if (s->owner == c.id) s->owner = 0;
     sd_event_source_disable_unref(c.io);
     sd_event_source_disable_unref(c.timer);
-    close(c.fd);
+    if (silently) {
+        tcp_takeover::close_silently(c.fd);
+    } else {
+        if (observer_ && c.peer_v4 && !c.shut_wr) observer_->closing(*c.peer());
+        close(c.fd);
+    }
     --counters_.connections_open;
     if (auto it = connections_per_address_.find(c.peer_key); it != connections_per_address_.end() && --it->second == 0)
         connections_per_address_.erase(it);
@@ -472,7 +559,10 @@ void RtspServer::answer(Connection& c, const Response& r, std::optional<uint32_t
     if (!c.pending()) c.write_progress_usec = now_usec();
     Response with_server = r;
     with_server.header("Server", kServerName);
-    c.out += with_server.serialize(cseq);
+    std::string bytes = with_server.serialize(cseq);
+    if (observer_ && c.peer_v4) observer_->answered(*c.peer(), c.request_end, c.out_total, bytes);
+    c.out += bytes;
+    c.out_total += bytes.size();
     ++counters_.responses[r.status()];
 }
 

@@ -67,6 +67,35 @@ public:
     virtual Status teardown(const std::string& session) = 0;
 };
 
+// Told of each connection's life and of each answer, so that a failover partner can carry the
+// connection on after a takeover (docs/tcp-takeover.md). Called on the loop thread, for IPv4
+// peers only; must not block, and must not call back into the RtspServer.
+class ConnectionObserver {
+public:
+    virtual ~ConnectionObserver() = default;
+    // A connection was accepted or adopted.
+    virtual void opened(const sockaddr_in& peer) = 0;
+    // The server is about to close it on purpose: its FIN should reach the client.
+    virtual void closing(const sockaddr_in& peer) = 0;
+    // A request begins: the backend's decisions from now until answered() are its decisions.
+    virtual void request(const sockaddr_in& peer) = 0;
+    // The answer to the request ending at client-stream offset `request_end`, about to be queued
+    // at server-stream offset `response_start` (offsets count each direction's bytes from the
+    // connection's first; a parse error's answer has the offset of the refused request's end).
+    virtual void answered(const sockaddr_in& peer, uint64_t request_end, uint64_t response_start,
+                          std::string_view response) = 0;
+};
+
+// A live connection handed over from elsewhere (revived after a takeover, tcp_takeover/).
+struct AdoptedConnection {
+    int fd = -1;              // connected TCP socket; the server owns it from the call on
+    sockaddr_in peer{};
+    uint64_t in_offset = 0;   // client-stream offset of pending[0]
+    std::string pending;      // client bytes not answered yet: parsed and answered at once
+    uint64_t out_offset = 0;  // server-stream offset just after `unsent`
+    std::string unsent;       // answer bytes to send first
+};
+
 struct Limits {
     ParserLimits parser;
     size_t max_connections = 1024;
@@ -87,6 +116,7 @@ struct Limits {
 
 struct Counters {
     uint64_t connections_accepted = 0;
+    uint64_t connections_adopted = 0;     // carried on after a takeover
     uint64_t connections_refused = 0;     // over max_connections or max_connections_per_address
     uint64_t connections_timed_out = 0;   // idle, slow request, or not reading answers
     uint64_t connections_open = 0;
@@ -106,6 +136,9 @@ Result<int> listen_tcp(const sockaddr_in& addr, int backlog = 128);
 
 class RtspServer {
 public:
+    // Does not listen until start_listening() (a standby server of a failover pair must not: its
+    // kernel would half-open connections the partner owns).
+    static Result<std::unique_ptr<RtspServer>> create(sd_event* loop, SessionBackend& backend, const Limits& limits = {});
     // Serves on `listen_fd`, a listening SOCK_STREAM socket that the caller keeps open for the
     // server's lifetime and closes afterwards (e.g. from systemd socket activation).
     static Result<std::unique_ptr<RtspServer>> create(sd_event* loop, int listen_fd, SessionBackend& backend,
@@ -113,9 +146,21 @@ public:
     // Opens its own listening socket on `addr` and closes it on destruction.
     static Result<std::unique_ptr<RtspServer>> create(sd_event* loop, const sockaddr_in& addr,
                                                       SessionBackend& backend, const Limits& limits = {});
-    // Closes every connection. Sessions are left to the backend (no teardown is called): the
-    // daemon decides what becomes of streams when the RTSP front end stops.
+    // Closes every connection (with a FIN). Sessions are left to the backend (no teardown is
+    // called): the daemon decides what becomes of streams when the RTSP front end stops.
     ~RtspServer();
+
+    // Accepts on a listening socket (owned and closed by the server if take_ownership; else the
+    // caller's, kept open while listening). EALREADY if listening.
+    Status start_listening(int listen_fd, bool take_ownership);
+    void stop_listening();
+    bool listening() const { return listen_fd_ >= 0; }
+    // Serves a connection carried over from elsewhere: unsent answers go out and pending requests
+    // are answered at once. The server owns the fd even on failure.
+    Status adopt_connection(AdoptedConnection connection);
+    // Forgets every connection without a FIN or an RST: the partner carries them on.
+    void drop_connections_silently();
+    void set_observer(ConnectionObserver* observer) { observer_ = observer; }
     RtspServer(const RtspServer&) = delete;
     RtspServer& operator=(const RtspServer&) = delete;
 
@@ -137,8 +182,9 @@ private:
     struct Connection;
     struct Session;
 
-    RtspServer(sd_event* loop, int listen_fd, bool owns_fd, SessionBackend& backend, const Limits& limits);
-    Status start();
+    RtspServer(sd_event* loop, SessionBackend& backend, const Limits& limits);
+    Connection* add_connection(int fd, const sockaddr_storage& peer, bool adopted);
+    void feed_preread(Connection& c);
 
     static int on_listen(sd_event_source*, int fd, uint32_t revents, void* userdata);
     static int on_accept_retry(sd_event_source*, uint64_t usec, void* userdata);
@@ -151,7 +197,7 @@ private:
     void process_requests(Connection& c);
     void flush(Connection& c);
     void update_connection(Connection& c);
-    void close_connection(Connection& c);
+    void close_connection(Connection& c, bool silently);
     uint64_t now_usec() const;
 
     void handle(Connection& c, const Request& req);
@@ -177,8 +223,9 @@ private:
     uint32_t session_timeout_seconds() const;
 
     sd_event* loop_;
-    int listen_fd_;
-    bool owns_fd_;
+    int listen_fd_ = -1;
+    bool owns_fd_ = false;
+    ConnectionObserver* observer_ = nullptr;
     SessionBackend& backend_;
     Limits limits_;
     Counters counters_;

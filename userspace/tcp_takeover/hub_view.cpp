@@ -354,8 +354,12 @@ void HubView::add(const Segment& s, int64_t now_ns) {
 
 void HubView::add_reply(Reply reply) {
     auto it = impl_->conns.find(reply.key);
-    if (it == impl_->conns.end() || !it->second->broken.empty() || reply.request_end <= it->second->answered_end) {
-        ++impl_->counters.replies_unmatched;
+    if (it == impl_->conns.end() || !it->second->broken.empty()) {
+        ++impl_->counters.replies_unknown;
+        return;
+    }
+    if (reply.request_end <= it->second->answered_end) {
+        ++impl_->counters.replies_answered;
         return;
     }
     auto& reps = it->second->replies;

@@ -107,8 +107,9 @@ struct HubViewCounters {
     uint64_t closed = 0;         // FIN or RST seen
     uint64_t evicted = 0;        // dropped over max_connections, or idle
     uint64_t broken = 0;         // became impossible to revive (see Plan::lost)
-    uint64_t replies = 0;        // accepted
-    uint64_t replies_unmatched = 0;  // for no known connection, or already answered on the wire
+    uint64_t replies = 0;           // accepted
+    uint64_t replies_answered = 0;  // not needed: the answer was on the wire already (the usual case)
+    uint64_t replies_unknown = 0;   // for no connection the view knows
 };
 
 class HubView {

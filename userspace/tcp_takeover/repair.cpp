@@ -78,6 +78,9 @@ Status restore(int fd, const Revival& r) {
     if (auto s = set_int(fd, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR off"); !s) return s;
     int one = 1;
     (void)setsockopt(fd, SOL_TCP, TCP_NODELAY, &one, sizeof one);  // answers are whole messages
+    // Leaving repair mode cleared the port sharing it allowed; a listener on the same port (made
+    // now or later) needs every socket there to allow it, as accepted sockets inherit from theirs.
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0) return errno_error("SO_REUSEADDR");
     return {};
 }
 
