@@ -4,6 +4,7 @@
 // The end-to-end tests run the real ffmpeg (and VLC) against the server.
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <sched.h>
@@ -19,6 +20,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -34,6 +36,7 @@
 #include "rtsp/headers.h"
 #include "rtsp/message.h"
 #include "rtsp/sdp.h"
+#include "rtsp/framing.h"
 #include "rtsp/server.h"
 #include "rtsp/status.h"
 
@@ -1155,6 +1158,155 @@ TEST_F(RtspServerTest, AdoptAndForgetSessions) {
     EXPECT_EQ(ask(c, req("PLAY", base_ + "movie", 2, "Session: replicated1\r\n")).status, 454);
     EXPECT_EQ(server_->forget_session("replicated1").error().code, ESRCH);
     EXPECT_EQ(backend_->count("TEARDOWN"), 0u);
+}
+
+// What a failover pair's daemon is told (docs/tcp-takeover.md), recorded.
+struct RecordingObserver : ConnectionObserver {
+    struct Answer {
+        uint64_t request_end, response_start;
+        std::string bytes;
+    };
+    std::vector<std::string> events;
+    std::vector<Answer> answers;
+    void opened(const sockaddr_in& p) override { events.push_back("opened " + std::to_string(ntohs(p.sin_port))); }
+    void closing(const sockaddr_in& p) override { events.push_back("closing " + std::to_string(ntohs(p.sin_port))); }
+    void request(const sockaddr_in&) override { events.push_back("request"); }
+    void answered(const sockaddr_in&, uint64_t end, uint64_t start, std::string_view bytes) override {
+        events.push_back("answered");
+        answers.push_back({end, start, std::string(bytes)});
+    }
+};
+
+uint16_t local_port(int fd) {
+    sockaddr_in a{};
+    socklen_t l = sizeof a;
+    getsockname(fd, reinterpret_cast<sockaddr*>(&a), &l);
+    return ntohs(a.sin_port);
+}
+
+TEST_F(RtspServerTest, AnswersAreReportedAtTheOffsetsAWatcherOfTheWireCounts) {
+    start();
+    RecordingObserver obs;
+    server_->set_observer(&obs);
+    TestClient c(port_);
+    // Pipelined, with stray empty lines and a request refused without losing the framing.
+    std::string sent = req("OPTIONS", base_ + "movie", 1) + "\r\n\r\n" + req("DESCRIBE", base_ + "movie", 2) +
+                       "GET_PARAMETER " + base_ + "movie RTSP/1.0\r\nCSeq: 3\r\nContent-Length: 2\r\n\r\nab" +
+                       req("OPTIONS", base_ + "movie", 4, "Require: x\r\n") + req("FROB", base_ + "movie", 5);
+    c.send(sent);
+    ASSERT_TRUE(pump_until([&] { return obs.answers.size() == 5; }));
+    // The client got exactly those answers, in order.
+    std::vector<int> statuses;
+    for (int i = 0; i < 5; ++i) statuses.push_back(wait_reply(c).status);
+    EXPECT_EQ(statuses, (std::vector<int>{200, 200, 451, 551, 501}));
+    // Frame the same bytes as the standby's hub view would, and compare.
+    auto rf = make_request_framer({});
+    auto ends = rf->feed(sent);
+    ASSERT_TRUE(ends) << ends.error().message;
+    ASSERT_EQ(ends->size(), 5u);
+    auto af = make_response_framer();
+    uint64_t out = 0;
+    for (size_t i = 0; i < 5; ++i) {
+        EXPECT_EQ(obs.answers[i].request_end, (*ends)[i]) << i;
+        EXPECT_EQ(obs.answers[i].response_start, out) << i;
+        out += obs.answers[i].bytes.size();
+        auto e = af->feed(obs.answers[i].bytes);
+        ASSERT_TRUE(e && e->size() == 1) << i;
+        EXPECT_EQ(e->front(), out);
+    }
+    EXPECT_EQ(obs.events.front(), "opened " + std::to_string(local_port(c.fd())));
+    // request() precedes each answer to a request the parser accepted (not the unknown method's).
+    EXPECT_EQ(std::count(obs.events.begin(), obs.events.end(), "request"), 4);
+    // The server closes on purpose once the client is done: it says so before its FIN.
+    shutdown(c.fd(), SHUT_WR);
+    ASSERT_TRUE(closed_by_server(c));
+    EXPECT_EQ(obs.events.back(), "closing " + std::to_string(local_port(c.fd())));
+}
+
+TEST_F(RtspServerTest, ListensOnlyWhenAskedAndConnectionsOutliveTheListener) {
+    auto s = RtspServer::create(loop_, *backend_);
+    ASSERT_TRUE(s.ok()) << s.error().message;
+    server_ = std::move(*s);
+    EXPECT_FALSE(server_->listening());
+    EXPECT_EQ(server_->port(), 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    auto fd = listen_tcp(a);
+    ASSERT_TRUE(fd);
+    ASSERT_TRUE(server_->start_listening(*fd, true).ok());
+    EXPECT_EQ(server_->start_listening(*fd, false).error().code, EALREADY);
+    port_ = server_->port();
+    base_ = "rtsp://127.0.0.1:" + std::to_string(port_) + "/";
+    TestClient c(port_);
+    EXPECT_EQ(ask(c, req("OPTIONS", base_ + "movie", 1)).status, 200);
+    server_->stop_listening();
+    EXPECT_FALSE(server_->listening());
+    TestClient refused(port_);
+    EXPECT_FALSE(refused.connected());
+    EXPECT_EQ(ask(c, req("OPTIONS", base_ + "movie", 2)).status, 200);  // still served
+}
+
+TEST_F(RtspServerTest, AnAdoptedConnectionSendsWhatWasLeftAndAnswersWhatWaited) {
+    start();
+    RecordingObserver obs;
+    server_->set_observer(&obs);
+    // A connected socket from elsewhere (here: another listener on loopback).
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    auto other = listen_tcp(a);
+    ASSERT_TRUE(other);
+    TestClient c(local_port(*other));
+    ASSERT_TRUE(c.connected());
+    int fd = accept4(*other, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    close(*other);
+    std::string sess = "replicated7";
+    ASSERT_TRUE(server_->adopt_session(sess, "movie", TransportKind::RtpAvp).ok());
+    backend_->sessions[sess] = RecordingBackend::Sess{"movie", {}, {}, RecordingBackend::State::Playing};
+    AdoptedConnection ac;
+    ac.fd = fd;
+    sockaddr_in peer{};
+    socklen_t pl = sizeof peer;
+    getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &pl);
+    ac.peer = peer;
+    std::string waiting = req("PAUSE", base_ + "movie", 6, "Session: " + sess + "\r\n");
+    ac.in_offset = 1000;
+    ac.pending = waiting + "GET_PARAM";  // and the start of the next one
+    ac.unsent = "RTSP/1.0 200 OK\r\nCSeq: 5\r\n\r\n";  // the end of an answer cut short
+    ac.out_offset = 700;
+    ASSERT_TRUE(server_->adopt_connection(std::move(ac)).ok());
+    Reply r5 = wait_reply(c);
+    EXPECT_EQ(r5.h("cseq"), "5");
+    Reply r6 = wait_reply(c);
+    EXPECT_EQ(r6.status, 200);
+    EXPECT_EQ(r6.h("cseq"), "6");
+    EXPECT_EQ(backend_->count("PAUSE " + sess), 1u);
+    ASSERT_EQ(obs.answers.size(), 1u);
+    EXPECT_EQ(obs.answers[0].request_end, 1000 + waiting.size());
+    EXPECT_EQ(obs.answers[0].response_start, 700u);
+    // The client finishes the request it had begun, on the same connection.
+    c.send("ETER " + base_ + "movie RTSP/1.0\r\nCSeq: 7\r\nSession: " + sess + "\r\n\r\n");
+    Reply r7 = wait_reply(c);
+    EXPECT_EQ(r7.status, 200);
+    EXPECT_EQ(r7.h("cseq"), "7");
+    EXPECT_EQ(server_->counters().connections_adopted, 1u);
+}
+
+TEST_F(RtspServerTest, ConnectionsDroppedSilentlySendNothing) {
+    start();
+    RecordingObserver obs;
+    server_->set_observer(&obs);
+    TestClient c(port_);
+    EXPECT_EQ(ask(c, req("OPTIONS", base_ + "movie", 1)).status, 200);
+    c.send("OPT");  // unread bytes: a plain close would even reset
+    pump_for(0.05);
+    server_->drop_connections_silently();
+    EXPECT_EQ(server_->connection_count(), 0u);
+    pollfd p{c.fd(), POLLIN | POLLRDHUP, 0};
+    EXPECT_EQ(poll(&p, 1, 200), 0) << "revents " << p.revents;
+    EXPECT_EQ(std::count_if(obs.events.begin(), obs.events.end(), [](auto& e) { return e.rfind("closing", 0) == 0; }), 0);
 }
 
 TEST_F(RtspServerTest, HostileClientsDoNotDisturbOthers) {
