@@ -950,6 +950,7 @@ public:
     int session_timeout = 2;
     bool silent = false;              // never answer
     bool close_after_play = false;    // drop the TCP connection after PLAY
+    bool reset_after_play = false;    // ... with an RST
     bool send_garbage = false;        // answer DESCRIBE with junk
     bool bad_control = false;         // an a=control with a space and a CR in it
     int datagrams = 120;
@@ -1070,6 +1071,11 @@ private:
                     resp = ok(cseq) + "\r\n";
                 }
                 send(c, resp.data(), resp.size(), MSG_NOSIGNAL);
+                if (r.method == "PLAY" && reset_after_play) {
+                    linger l{1, 0};  // close() now resets
+                    setsockopt(c, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+                    return;
+                }
                 if (r.method == "PLAY" && close_after_play) return;
             }
         }
@@ -1152,7 +1158,10 @@ TEST(VerifySession, FullRtpSessionWithKeepaliveAndTeardown) {
     EXPECT_EQ(reqs[1].raw.find("Session:"), std::string::npos);  // no session before SETUP
     EXPECT_TRUE(info->teardown_ok);
     EXPECT_GE(info->keepalives, 1u);
+    EXPECT_EQ(info->keepalives_answered, info->keepalives);
     EXPECT_EQ(info->keepalive_failures, 0u);
+    EXPECT_EQ(info->control_end, "teardown");
+    EXPECT_TRUE(control_ok(*info));
     EXPECT_EQ(info->end_reason, "idle");
     auto r = an.report();
     EXPECT_EQ(r.mode, Mode::Rtp);
@@ -1191,20 +1200,44 @@ TEST(VerifySession, RawTransportAndPacketLimit) {
     EXPECT_FALSE(r.has_errors());
 }
 
-TEST(VerifySession, ServerClosesAfterPlayKeepaliveReconnects) {
+TEST(VerifySession, AClosedControlConnectionFailsTheRunAsAPlayerWouldStop) {
+    for (bool reset : {false, true}) {
+        Responder srv;
+        (reset ? srv.reset_after_play : srv.close_after_play) = true;
+        srv.datagrams = 150;  // 1.5 s: a keepalive falls due (2 s session timeout)
+        srv.start();
+        Analyzer an;
+        auto info = run(quick(srv.url()), an);
+        ASSERT_TRUE(info.ok()) << info.error().message;
+        EXPECT_EQ(info->control_end, reset ? "rst" : "fin");
+        EXPECT_FALSE(control_ok(*info));
+        EXPECT_FALSE(info->teardown_ok);
+        EXPECT_EQ(info->control_reconnects, 0u);
+        for (auto& r : srv.requests()) EXPECT_EQ(r.connection, 1) << r.method;  // never a second one
+        EXPECT_EQ(an.report().datagrams, 150u);  // the stream itself was whole
+        std::string json = to_json(an.report(), *info);
+        EXPECT_NE(json.find("\"ok\":false"), std::string::npos) << json;
+    }
+}
+
+TEST(VerifySession, ReconnectOpensAnotherConnectionAndSaysSo) {
     Responder srv;
     srv.close_after_play = true;
     srv.datagrams = 150;
     srv.start();
     Analyzer an;
-    auto info = run(quick(srv.url()), an);
+    RunOptions o = quick(srv.url());
+    o.reconnect = true;
+    auto info = run(o, an);
     ASSERT_TRUE(info.ok()) << info.error().message;
-    auto reqs = srv.requests();
     bool keepalive_on_new_conn = false;
-    for (auto& r : reqs)
+    for (auto& r : srv.requests())
         if (r.method == "GET_PARAMETER" && r.connection == 2) keepalive_on_new_conn = true;
     EXPECT_TRUE(keepalive_on_new_conn);
     EXPECT_TRUE(info->teardown_ok);
+    EXPECT_EQ(info->control_end, "fin, reconnected");
+    EXPECT_EQ(info->control_reconnects, 1u);
+    EXPECT_FALSE(control_ok(*info));
     EXPECT_EQ(an.report().datagrams, 150u);
 }
 

@@ -62,13 +62,13 @@ int main(int argc, char** argv) {
     std::string url_s, transport_s = "rtp", mode_s = "auto", compare_path, save_path;
     std::optional<uint16_t> listen;
     std::optional<double> start;
-    double duration = 0, idle = 3, wait_first = 10;
+    double duration = 0, idle = 3, wait_first = 10, keepalive = 0;
     uint64_t packets = 0;
     uint16_t client_port = 0;
     int timeout_ms = 5000;
     std::optional<uint16_t> pcr_pid;
     size_t top_gaps = 5;
-    bool json = false, fail_on_loss = false, verbose = false;
+    bool json = false, fail_on_loss = false, verbose = false, reconnect = false;
 
     app.add_option("url", url_s, "RTSP URL: rtsp://HOST[:PORT]/ASSET");
     auto* listen_opt = app.add_option("--listen", listen, "No RTSP: receive on this UDP port (0: any) and analyse")
@@ -93,6 +93,12 @@ int main(int argc, char** argv) {
     app.add_option("--client-port", client_port, "Local even UDP port for RTP (RTCP on the next; 0: any free pair)")
         ->check(CLI::Range(0, 65534))
         ->capture_default_str();
+    app.add_option("--keepalive", keepalive, "Seconds between RTSP keepalives (0: half the Session timeout)")
+        ->check(CLI::Range(0.0, 3600.0))
+        ->capture_default_str();
+    app.add_flag("--reconnect", reconnect,
+                 "Open the RTSP control connection again if the server closes it (counted, and still a\n"
+                 "failure for --fail-on-loss); by default a closed or reset connection ends the control");
     app.add_option("--timeout", timeout_ms, "Milliseconds to wait for each RTSP connect and response")
         ->check(CLI::Range(50, 600000))
         ->capture_default_str();
@@ -107,7 +113,7 @@ int main(int argc, char** argv) {
     app.add_flag("--json", json, "Print the report as one JSON object (fields: docs/fo-verify.md)");
     app.add_flag("--fail-on-loss", fail_on_loss,
                  "Exit 1 if anything was lost, duplicated, reordered, altered, failed the CC check or the compare,\n"
-                 "or if nothing arrived");
+                 "if nothing arrived, or if the RTSP control connection did not last to an answered TEARDOWN");
     app.add_flag("-v,--verbose", verbose, "Print the RTSP exchange and events to stderr");
 
     try {
@@ -135,6 +141,8 @@ int main(int argc, char** argv) {
     ro.idle_timeout_s = idle;
     ro.first_timeout_s = wait_first;
     ro.client_port = client_port;
+    ro.keepalive_s = keepalive;
+    ro.reconnect = reconnect;
     ro.rtsp.connect_timeout_ms = timeout_ms;
     ro.rtsp.response_timeout_ms = timeout_ms;
     ro.stop = &g_stop;
@@ -190,6 +198,6 @@ int main(int argc, char** argv) {
     std::string out = json ? of::verify::to_json(report, *info) : of::verify::to_text(report, *info);
     std::fwrite(out.data(), 1, out.size(), stdout);
     std::fflush(stdout);
-    if (fail_on_loss && (report.has_errors() || report.datagrams == 0)) return 1;
+    if (fail_on_loss && (report.has_errors() || report.datagrams == 0 || !of::verify::control_ok(*info))) return 1;
     return 0;
 }

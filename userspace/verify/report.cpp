@@ -84,14 +84,16 @@ std::string to_json(const Report& r, const RunInfo& info) {
     j.str("mode", mode_name(r.mode));
     j.str("url", info.url).str("transport", info.transport).u("port", info.port);
     j.str("end_reason", info.end_reason);
-    j.b("ok", !r.has_errors() && r.datagrams > 0);
+    j.b("ok", !r.has_errors() && r.datagrams > 0 && control_ok(info));
     j.u("datagrams", r.datagrams).u("ts_packets", r.ts_packets).u("bytes", r.bytes);
     j.i("first_ns", r.first_ns).i("last_ns", r.last_ns).d("duration_s", r.duration_s());
     j.open("receive").u("socket_drops", info.socket_drops).u("truncated", info.truncated)
         .u("foreign", info.foreign).close();
     if (info.rtsp)
         j.open("rtsp").u("keepalives", info.keepalives).u("keepalive_failures", info.keepalive_failures)
-            .b("teardown_ok", info.teardown_ok).close();
+            .u("keepalives_answered", info.keepalives_answered).b("teardown_ok", info.teardown_ok)
+            .str("control_end", info.control_end).u("control_reconnects", info.control_reconnects)
+            .b("control_ok", control_ok(info)).close();
     if (r.mode == Mode::Rtp) {
         const RtpStats& t = r.rtp;
         j.open("rtp").u("packets", t.packets).u("invalid", t.invalid).u("expected", t.expected)
@@ -145,8 +147,10 @@ std::string to_text(const Report& r, const RunInfo& info) {
                  " from other senders (ignored)\n",
                  info.socket_drops, info.truncated, info.foreign);
     if (info.rtsp)
-        o += fmt("rtsp       %" PRIu64 " keepalives (%" PRIu64 " failed), teardown %s\n", info.keepalives,
-                 info.keepalive_failures, info.teardown_ok ? "ok" : "FAILED");
+        o += fmt("rtsp       %" PRIu64 " keepalives (%" PRIu64 " answered, %" PRIu64 " failed), teardown %s,"
+                 " control connection ended by %s%s\n",
+                 info.keepalives, info.keepalives_answered, info.keepalive_failures, info.teardown_ok ? "ok" : "FAILED",
+                 info.control_end.empty() ? "?" : info.control_end.c_str(), control_ok(info) ? "" : " (FAILED)");
     if (r.mode == Mode::Rtp) {
         const RtpStats& t = r.rtp;
         o += fmt("rtp        seq %u..%u (+%u wraps), expected %" PRIu64 ": lost %" PRIu64

@@ -20,9 +20,18 @@ struct RunInfo {
     uint64_t truncated = 0;          // datagrams longer than the receive buffer
     uint64_t foreign = 0;            // datagrams from an address other than the server's, ignored
     uint64_t keepalives = 0, keepalive_failures = 0;
+    uint64_t keepalives_answered = 0;  // 2xx on the control connection
     bool teardown_ok = false;
+    // How the RTSP control connection ended: "teardown" (TEARDOWN answered 2xx on it), "fin" (the
+    // server closed it), "rst" (reset), "timeout" (a request went unanswered), "reconnected" (it
+    // was lost and opened again: --reconnect), or the error.
+    std::string control_end;
+    uint64_t control_reconnects = 0;
     bool rtsp = false;
 };
+
+// The control connection carried the session to the end (or there was none: --listen).
+inline bool control_ok(const RunInfo& info) { return !info.rtsp || info.control_end == "teardown"; }
 
 std::string to_json(const Report& r, const RunInfo& info);
 std::string to_text(const Report& r, const RunInfo& info);

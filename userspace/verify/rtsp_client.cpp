@@ -290,7 +290,8 @@ Result<RtspClient> RtspClient::connect(const Url& url, ClientOptions opt) {
 
 RtspClient::RtspClient(RtspClient&& o) noexcept
     : url_(std::move(o.url_)), opt_(std::move(o.opt_)), fd_(std::exchange(o.fd_, -1)), next_cseq_(o.next_cseq_),
-      session_(std::move(o.session_)), inbuf_(std::move(o.inbuf_)) {}
+      session_(std::move(o.session_)), inbuf_(std::move(o.inbuf_)), closed_how_(std::move(o.closed_how_)),
+      first_loss_(std::move(o.first_loss_)), opens_(o.opens_), reconnects_(o.reconnects_) {}
 
 RtspClient& RtspClient::operator=(RtspClient&& o) noexcept {
     if (this != &o) {
@@ -301,6 +302,10 @@ RtspClient& RtspClient::operator=(RtspClient&& o) noexcept {
         next_cseq_ = o.next_cseq_;
         session_ = std::move(o.session_);
         inbuf_ = std::move(o.inbuf_);
+        closed_how_ = std::move(o.closed_how_);
+        first_loss_ = std::move(o.first_loss_);
+        opens_ = o.opens_;
+        reconnects_ = o.reconnects_;
     }
     return *this;
 }
@@ -311,10 +316,13 @@ void RtspClient::close_fd() {
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
     inbuf_.clear();
+    if (first_loss_.empty() && !closed_how_.empty()) first_loss_ = closed_how_;
 }
 
 Status RtspClient::open() {
     close_fd();
+    if (opens_ > 0 && !opt_.reconnect)
+        return make_error(ENOTCONN, "the RTSP control connection is gone (" + (closed_how_.empty() ? "closed" : closed_how_) + ")");
     addrinfo hints{};
     hints.ai_family = AF_INET;
     hints.ai_socktype = SOCK_STREAM;
@@ -353,6 +361,8 @@ Status RtspClient::open() {
         return e;
     }
     fd_ = fd;
+    if (opens_++ > 0) ++reconnects_;
+    closed_how_.clear();
     return {};
 }
 
@@ -374,6 +384,7 @@ Status RtspClient::send_all(const std::string& data) {
             continue;
         }
         Error e = errno_error("RTSP send");
+        closed_how_ = errno == ECONNRESET || errno == EPIPE ? "rst" : e.message;
         close_fd();
         return e;
     }
@@ -393,7 +404,7 @@ Result<uint32_t> RtspClient::send(std::string_view method, std::string_view uri,
     for (const auto& [k, v] : extra) req += k + ": " + v + "\r\n";
     req += "\r\n";
     if (auto st = send_all(req); !st) {
-        // A connection the server closed since the last request: one fresh try.
+        // A connection the server closed since the last request: one fresh try (if allowed).
         if (auto st2 = open(); !st2) return st2.error();
         if (auto st3 = send_all(req); !st3) return st3.error();
     }
@@ -415,6 +426,7 @@ Result<std::vector<Message>> RtspClient::pump() {
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
         // EOF or error: the server closed. Parse what arrived first.
+        closed_how_ = n == 0 ? "fin" : errno == ECONNRESET ? "rst" : std::string("error: ") + std::strerror(errno);
         std::string rest = std::move(inbuf_);
         close_fd();
         inbuf_ = std::move(rest);

@@ -79,11 +79,15 @@ struct ClientOptions {
     int response_timeout_ms = 5000;
     std::string user_agent = "fo-verify (oneframe)";
     Limits limits;
+    // A connection the server closed is opened again by the next request (RFC 2326 lets a session
+    // outlive its connection). Off: the next request fails (ENOTCONN), as for a viewer that
+    // watches its control connection.
+    bool reconnect = true;
 };
 
 // One RTSP connection. Requests carry CSeq, User-Agent and, once set, Session. If the server
 // closes the connection between requests, the next request reconnects (RFC 2326 allows a session
-// to outlive its TCP connection).
+// to outlive its TCP connection) unless ClientOptions::reconnect is off.
 class RtspClient {
 public:
     static Result<RtspClient> connect(const Url& url, ClientOptions opt = {});
@@ -104,6 +108,13 @@ public:
 
     int fd() const { return fd_; }
     bool connected() const { return fd_ >= 0; }
+    // How the last connection ended: "" while open (or never opened), "fin" (the server closed
+    // it), "rst" (reset), or the error.
+    const std::string& closed_how() const { return closed_how_; }
+    // How the first connection that was lost ended (kept across reconnects); "" if none was.
+    const std::string& first_loss() const { return first_loss_; }
+    uint64_t reconnects() const { return reconnects_; }
+    void set_reconnect(bool on) { opt_.reconnect = on; }
     void set_session(std::string id) { session_ = std::move(id); }
     const std::string& session() const { return session_; }
     const Url& url() const { return url_; }
@@ -120,6 +131,8 @@ private:
     uint32_t next_cseq_ = 1;
     std::string session_;
     std::string inbuf_;
+    std::string closed_how_, first_loss_;
+    uint64_t opens_ = 0, reconnects_ = 0;
 };
 
 // Human text for a response: "461 Unsupported Transport".

@@ -66,7 +66,7 @@ struct Loop {
     UdpReceiver* rtcp = nullptr;
     RtspClient* rtsp = nullptr;
     std::optional<in_addr_t> server_ip;
-    int keepalive_interval_s = 30;
+    int64_t keepalive_interval_ns = 30'000'000'000;
     std::string keepalive_url;
     bool use_options = false;  // the server refused GET_PARAMETER: keep alive with OPTIONS
 
@@ -74,7 +74,7 @@ struct Loop {
         const int64_t start = monotonic_ns();
         const int64_t end = opt.duration_s > 0 ? start + seconds_ns(opt.duration_s) : INT64_MAX;
         int64_t last_rx = 0;  // monotonic time of the last datagram, 0 before the first
-        int64_t next_keepalive = start + int64_t(keepalive_interval_s) * 1'000'000'000;
+        int64_t next_keepalive = start + keepalive_interval_ns;
         // The keepalive awaiting its answer (plain fields: gcc -O2 misjudges an optional here).
         bool pending = false;
         uint32_t pending_cseq = 0;
@@ -128,6 +128,7 @@ struct Loop {
                 if (pending && now >= pending_deadline) {
                     ++info.keepalive_failures;
                     event(opt, "keepalive: no response within the timeout");
+                    if (info.control_end.empty()) info.control_end = "timeout";
                     pending = false;
                 }
                 if (!pending && now >= next_keepalive) {
@@ -141,7 +142,7 @@ struct Loop {
                         pending_cseq = *c;
                         pending_deadline = now + int64_t(opt.rtsp.response_timeout_ms) * kMs;
                     }
-                    next_keepalive = now + int64_t(keepalive_interval_s) * 1'000'000'000;
+                    next_keepalive = now + keepalive_interval_ns;
                 }
             }
 
@@ -166,6 +167,11 @@ struct Loop {
             }
             if (rtsp_i >= 0 && (fds[rtsp_i].revents & (POLLIN | POLLHUP | POLLERR))) {
                 auto msgs = rtsp->pump();
+                if (!rtsp->connected() && info.control_end.empty()) {
+                    // The server closed or reset our control connection: a player would stop here.
+                    info.control_end = rtsp->closed_how().empty() ? "closed" : rtsp->closed_how();
+                    event(opt, "RTSP control connection ended: " + info.control_end);
+                }
                 if (!msgs) {
                     // A garbled keepalive answer does not end the measurement.
                     event(opt, "RTSP connection: " + msgs.error().message);
@@ -177,7 +183,10 @@ struct Loop {
                     auto c = m.cseq();
                     if (!pending || (c && *c != pending_cseq)) continue;  // no CSeq: in order
                     pending = false;
-                    if (ok2xx(m)) continue;
+                    if (ok2xx(m)) {
+                        ++info.keepalives_answered;
+                        continue;
+                    }
                     if (m.status == 454) {
                         ++info.keepalive_failures;
                         event(opt, "keepalive: server lost the session (" + status_text(m) + ")");
@@ -223,7 +232,9 @@ Result<RunInfo> run(const RunOptions& opt, Analyzer& an) {
     info.url = url.text;
     info.transport = opt.transport == Transport::Rtp ? "rtp" : "raw";
 
-    auto client = RtspClient::connect(url, opt.rtsp);
+    ClientOptions co = opt.rtsp;
+    co.reconnect = opt.reconnect;
+    auto client = RtspClient::connect(url, co);
     if (!client) return client.error();
     RtspClient& c = *client;
 
@@ -289,16 +300,26 @@ Result<RunInfo> run(const RunOptions& opt, Analyzer& an) {
         if (!ok2xx(*play)) return refused("PLAY", *play);
 
         Loop loop{opt, an, info, rtp, &rtcp, &c, server_ip};
-        loop.keepalive_interval_s = std::max(1, sess->timeout_s / 2);
+        loop.keepalive_interval_ns = opt.keepalive_s > 0 ? int64_t(std::llround(opt.keepalive_s * 1e9))
+                                                         : int64_t(std::max(1, sess->timeout_s / 2)) * 1'000'000'000;
         loop.keepalive_url = aggregate;
         auto st = loop.run();
         info.socket_drops = rtp.drops();
         info.truncated = rtp.truncated();
         return st;
     }();
-    // Whatever happened after SETUP, the server is told to stop.
+    // Whatever happened after SETUP, the server is told to stop, on the connection we had.
+    bool was_connected = c.connected();
     auto td = c.request("TEARDOWN", aggregate);
     info.teardown_ok = td && ok2xx(*td);
+    info.control_reconnects = c.reconnects();
+    if (info.control_end.empty() && !c.first_loss().empty()) info.control_end = c.first_loss();
+    if (info.control_end.empty()) {
+        if (info.teardown_ok && was_connected) info.control_end = "teardown";
+        else if (!td && td.error().code == ETIMEDOUT) info.control_end = "timeout";
+        else info.control_end = td ? "teardown answered " + status_text(*td) : td.error().message;
+    }
+    if (c.reconnects() > 0) info.control_end += ", reconnected";
     event(opt, "TEARDOWN: " + (td ? status_text(*td) : td.error().message));
     if (!played) return played.error();
     return info;

@@ -30,6 +30,8 @@ struct RunOptions {
     double idle_timeout_s = 3;              // stop when nothing arrived for this long
     double first_timeout_s = 10;            // ... or before the first datagram, this long
     uint16_t client_port = 0;               // RTSP: even local port (0: any free pair)
+    double keepalive_s = 0;                 // RTSP keepalive period (0: half the Session timeout)
+    bool reconnect = false;                 // RTSP: open the control connection again if it is lost
     int rcvbuf = 8 << 20;
     ClientOptions rtsp;
     std::function<void(std::span<const uint8_t>)> on_payload;  // TS bytes of each analysed datagram
