@@ -9,6 +9,7 @@ FOCTL=$BUILD/tools/foctl/foctl
 VERIFY=$BUILD/tools/fo-verify/fo-verify
 ONEFRAMED=$BUILD/userspace/daemon/oneframed
 HOLDER=$BUILD/tools/fo-holder/fo-holder
+FLOOR=$BUILD/tools/fo-floor/fo-floor
 STREAM_IP=10.77.0.1
 
 LAB_T0=$(date +%s%N)
@@ -157,22 +158,51 @@ pair_wait() {  # pair_wait NODE STATE [tries of 50 ms]
   say "$1 is $(state_of "$1"), not $2"; return 1
 }
 
-# pair_fault FAULT ASSET RESULT_JSON: a viewer (fo-verify, cli1) and ffmpeg (cli2) play ASSET
-# through the pair; FAULT hits srv1 after FAULT_AT seconds; writes one JSON line of results.
+# media_seconds FILE: the duration a player saved (ffprobe), or 0.
+media_seconds() {
+  local d; d=$(ffprobe -v error -show_entries format=duration -of csv=p=0 "$1" 2>/dev/null || true)
+  [[ $d =~ ^[0-9.]+$ ]] && echo "$d" || echo 0
+}
+
+# pair_fault FAULT ASSET RESULT_JSON: viewers play ASSET through the pair while FAULT hits srv1
+# after FAULT_AT seconds; writes one JSON line of results. The viewers, each in its own client
+# namespace (skip one with NO_FFMPEG=1, NO_VLC=1, NO_RAW=1):
+#   cli1 fo-verify (every packet checked against the asset, keepalives every 10 s, the control
+#        connection watched), cli2 ffmpeg and cli3 VLC (as nobody: VLC refuses root) saving what
+#        they play, cli4 tests/lab/rtsp_raw.py, which after the takeover sends GET_PARAMETER,
+#        PAUSE, PLAY with Range and TEARDOWN on its connection and reconnects with its Session.
+# Beside them `fo-floor wake` measures the host's own stalls (over 5 ms, with their times), so
+# that a gap a viewer saw can be matched with a stall of the machine at the same moment.
 # fault_gap_ms is the largest gap between datagrams that touches the 200 ms after the fault (what
-# the failover cost the viewer); background_gap_ms the largest anywhere else (the machine's own
-# scheduling stalls: the lab shares two cores with everything else). early_takeover: the
-# secondary took over before the fault (a stall of the primary longer than the detection time).
+# the failover cost the viewer); background_gap_ms the largest anywhere else; unexplained_gaps the
+# gaps over one frame (33 ms) that no host stall overlaps. early_takeover: the secondary took over
+# before the fault (a stall of the primary longer than the detection time).
 pair_fault() {
   local fault=$1 asset=$2 out=$3 name; name=$(basename "$asset")
   local url=rtsp://$STREAM_IP:554/$name
-  "$LAB" exec cli1 -- "$VERIFY" "$url" --compare "$asset" --top-gaps 64 --json >"$WORK/v-$fault.json" 2>"$WORK/v-$fault.err" &
-  local vpid=$!
-  local ffpid=""
+  local go=$WORK/go-$fault
+  rm -f "$go" "$WORK/ff-$fault.ts" "$WORK/vlc-$fault.ts" "$WORK/raw-$fault.json" "$WORK/probe-$fault.json"
+  chmod 777 "$WORK"  # VLC runs as nobody and writes its file here
+  "$LAB" exec hub -- "$FLOOR" --json wake --seconds 900 --stalls-over-ms 5 >"$WORK/probe-$fault.json" 2>/dev/null &
+  local probe=$!
+  "$LAB" exec cli1 -- "$VERIFY" "$url" --compare "$asset" --top-gaps 64 --keepalive 10 --json \
+    >"$WORK/v-$fault.json" 2>"$WORK/v-$fault.err" &
+  local vpid=$! ffpid="" vlcpid="" rawpid=""
   if [ -z "${NO_FFMPEG:-}" ]; then
     "$LAB" exec cli2 -- ffmpeg -nostdin -hide_banner -loglevel debug -rtsp_transport udp -i "$url" \
       -map 0 -c copy -f mpegts -y "$WORK/ff-$fault.ts" >"$WORK/ff-$fault.log" 2>&1 &
     ffpid=$!
+  fi
+  if [ -z "${NO_VLC:-}" ]; then
+    "$LAB" exec cli3 -- setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=/tmp \
+      cvlc -q -I dummy --no-audio --play-and-exit "$url" --sout "#std{access=file,mux=ts,dst=$WORK/vlc-$fault.ts}" \
+      vlc://quit >"$WORK/vlc-$fault.log" 2>&1 &
+    vlcpid=$!
+  fi
+  if [ -z "${NO_RAW:-}" ]; then
+    "$LAB" exec cli4 -- python3 "$LAB_ROOT/tests/lab/rtsp_raw.py" "$url" --go "$go" --out "$WORK/raw-$fault.json" \
+      >/dev/null 2>"$WORK/raw-$fault.err" &
+    rawpid=$!
   fi
   sleep "${FAULT_AT:-3}"  # let the stream run before the fault
   local line
@@ -186,17 +216,32 @@ pair_fault() {
     *) fail "unknown fault $fault" ;;
   esac
   local at_ns; at_ns=$(sed -n 's/.*at_ns=\([0-9]*\).*/\1/p' <<<"$line")
-  wait $vpid || true
-  [ -n "$ffpid" ] && { wait "$ffpid" || true; }
+  # The raw client's requests go to whoever serves after the fault (or before, if none took over).
+  sleep 2
+  touch "$go"
+  local rc_v=0 rc_ff=0 rc_vlc=0 rc_raw=0
+  wait $vpid || rc_v=$?
+  [ -n "$ffpid" ] && { wait "$ffpid" || rc_ff=$?; }
+  [ -n "$vlcpid" ] && { wait "$vlcpid" || rc_vlc=$?; }
+  [ -n "$rawpid" ] && { wait "$rawpid" || rc_raw=$?; }
+  kill -INT "$probe" 2>/dev/null; wait "$probe" || true
   [ "$fault" = hang ] && "$LAB" fault resume srv1 oneframed >/dev/null
   local s2 s1; s2=$(foctl_on srv2 --json status); s1=$(foctl_on srv1 --json status 2>/dev/null || echo '{}')
-  local missed=0 ccfail=0
-  if [ -z "${NO_FFMPEG:-}" ]; then
+  local missed=0 ccfail=0 ff_s=null vlc_s=null raw='null'
+  if [ -n "$ffpid" ]; then
     missed=$(grep -c 'RTP: missed' "$WORK/ff-$fault.log" || true)
     ccfail=$(grep -c 'Continuity check failed' "$WORK/ff-$fault.log" || true)
+    ff_s=$(media_seconds "$WORK/ff-$fault.ts")
   fi
+  [ -n "$vlcpid" ] && vlc_s=$(media_seconds "$WORK/vlc-$fault.ts")
+  [ -n "$rawpid" ] && raw=$(cat "$WORK/raw-$fault.json" 2>/dev/null || echo '{"ok":false,"error":"no result"}')
+  local probe_json; probe_json=$(cat "$WORK/probe-$fault.json" 2>/dev/null); [ -n "$probe_json" ] || probe_json='{}'
   jq -c --argjson at "$at_ns" --argjson s2 "$s2" --argjson s1 "$s1" --arg fault "$fault" \
-     --argjson ffmissed "$missed" --argjson ffcc "$ccfail" '{
+     --argjson ffmissed "$missed" --argjson ffcc "$ccfail" --argjson ff_s "$ff_s" --argjson vlc_s "$vlc_s" \
+     --argjson asset_s "$(media_seconds "$asset")" --argjson raw "$raw" --argjson probe "$probe_json" '
+    # A gap over one frame is explained when a host stall (the probe woke that late) overlaps it.
+    def explained($g): any(($probe.stalls // [])[]; (.at_ns - .ms * 1e6) <= $g.at_ns and .at_ns >= $g.prev_ns);
+    {
       fault: $fault,
       gap_ms: .timing.largest_gap.ms, nominal_ms: .timing.median_interval_ms,
       # (null-safe: a viewer that received nothing has no timing)
@@ -206,19 +251,30 @@ pair_fault() {
       fault_gap_ms: (([(.timing.top_gaps // [])[] | select(.at_ns >= $at and .prev_ns <= $at + 200e6) | .ms] | max)
                      // ((.timing.top_gaps // []) | last | .ms?)),
       background_gap_ms: (([(.timing.top_gaps // [])[] | select(.at_ns < $at or .prev_ns > $at + 200e6) | .ms] | max) // 0),
+      unexplained_gaps: [(.timing.top_gaps // [])[] | select(.ms > 33) | select(explained(.) | not) | .ms],
+      host_stalls: ($probe.stall_count // null), host_stall_max_ms: ($probe.max_ms // null),
       lost: .rtp.lost, duplicated: .rtp.duplicated, reordered: .rtp.reordered, cc_errors: .ts.cc_errors,
       in_order_complete: .compare.in_order_complete, datagrams: .datagrams,
+      to_the_end: (.compare.end_packet != null and .compare.end_packet == .compare.source_packets),
+      end_packet: .compare.end_packet, source_packets: .compare.source_packets,
+      control_end: .rtsp.control_end, keepalives: .rtsp.keepalives, keepalives_answered: .rtsp.keepalives_answered,
+      verify_ok: .ok,
+      asset_s: $asset_s, ffmpeg_s: $ff_s, vlc_s: $vlc_s,
       ffmpeg_rtp_missed: $ffmissed, ffmpeg_cc_failed: $ffcc,
+      raw_ok: $raw.ok, raw: $raw,
       takeover: ($s2.takeovers > 0), srv2_state: $s2.failover_state,
       early_takeover: ($s2.takeovers > 0 and $s2.last_detection_ns < $at),
       takeover_cause: $s2.last_takeover_cause,
       detection_ms: (if $s2.takeovers > 0 then (($s2.last_detection_ns - $at) / 1e6) else null end),
       flip_ms: (if $s2.takeovers > 0 then (($s2.last_takeover_ns - $at) / 1e6) else null end),
       resumed_from_hub: $s2.sessions_resumed_from_hub, resumed_from_heartbeat: $s2.sessions_resumed_from_heartbeat,
+      connections_revived: $s2.tcp_connections_revived, connections_lost: $s2.tcp_connections_lost,
+      connection_lost_why: $s2.tcp_last_connection_lost,
       # Where to look when something was lost (srv1 is gone after kill: nulls).
       end_reason, socket_drops: .receive.socket_drops, first_error_packet: .compare.first_error_packet,
       rtp_first_seq: .rtp.first_seq, rtp_last_seq: .rtp.last_seq,
       srv1_lease_drops: $s1.gate_eg_drop_lease, srv1_lease_waits: $s1.lease_waits, srv1_state: $s1.failover_state,
+      srv1_tcp_held_drops: $s1.gate_eg_drop_tcp_held,
       srv2_lease_drops: $s2.gate_eg_drop_lease, srv2_fence_drops: $s2.gate_eg_drop_fence
     }' "$WORK/v-$fault.json" >"$out"
 }

@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -34,6 +35,10 @@
 namespace {
 
 using of::monotonic_ns;
+
+// wake ends early on SIGINT or SIGTERM and reports what it measured so far.
+volatile std::sig_atomic_t g_stop = 0;
+void on_stop(int) { g_stop = 1; }
 
 double thread_cpu_s() {
     rusage r{};
@@ -123,7 +128,10 @@ struct WakeOptions {
     unsigned period_us = 1000;
     double seconds = 8;
     int rt_priority = 40;
+    double stall_ms = 0;  // > 0: list every wake-up later than this, with when it happened
 };
+
+constexpr size_t kMaxStalls = 4096;  // listed at most; the count goes on
 
 int run_wake(const WakeOptions& o, bool json) {
     if (o.rt_priority > 0) {
@@ -139,14 +147,28 @@ int run_wake(const WakeOptions& o, bool json) {
     const size_t n = size_t(o.seconds * 1e9 / double(period));
     std::vector<int64_t> late;
     late.reserve(n);
+    struct Stall {
+        int64_t at_ns, late_ns;  // CLOCK_REALTIME of the late wake-up, and how late it was
+    };
+    std::vector<Stall> stalls;
+    size_t stall_count = 0;
+    const int64_t stall_ns = int64_t(o.stall_ms * 1e6);
+    struct sigaction sa {};
+    sa.sa_handler = on_stop;
+    sigaction(SIGINT, &sa, nullptr);
+    sigaction(SIGTERM, &sa, nullptr);
     int64_t due = monotonic_ns() + period;
     size_t wakes = 0;
-    while (late.size() < n) {
+    while (late.size() < n && !g_stop) {
         timespec ts = of::ns_to_timespec(due);
         while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr) == EINTR) {
         }
         ++wakes;
         const int64_t now = monotonic_ns();
+        if (stall_ns > 0 && now - due > stall_ns) {
+            ++stall_count;
+            if (stalls.size() < kMaxStalls) stalls.push_back({of::realtime_ns(), now - due});
+        }
         for (; due <= now && late.size() < n; due += period) late.push_back(now - due);
     }
     if (late.empty()) {
@@ -158,14 +180,27 @@ int run_wake(const WakeOptions& o, bool json) {
     auto q = [&](double p) { return double(v[size_t(p * double(v.size() - 1) + 0.5)]) / 1e6; };
     size_t over = size_t(std::count_if(v.begin(), v.end(), [](int64_t x) { return x > 1'000'000; }));
     double over_pct = 100.0 * double(over) / double(v.size());
-    if (json)
+    if (json) {
         std::printf("{\"samples\":%zu,\"wakes\":%zu,\"period_us\":%u,\"rt_priority\":%d,\"p50_ms\":%.4f,"
-                    "\"p99_ms\":%.4f,\"p999_ms\":%.4f,\"max_ms\":%.4f,\"over_1ms_pct\":%.4f}\n",
+                    "\"p99_ms\":%.4f,\"p999_ms\":%.4f,\"max_ms\":%.4f,\"over_1ms_pct\":%.4f",
                     v.size(), wakes, o.period_us, o.rt_priority, q(0.5), q(0.99), q(0.999), q(1.0), over_pct);
-    else
+        if (stall_ns > 0) {
+            std::printf(",\"stall_over_ms\":%.3f,\"stall_count\":%zu,\"stalls\":[", o.stall_ms, stall_count);
+            for (size_t i = 0; i < stalls.size(); ++i)
+                std::printf("%s{\"at_ns\":%lld,\"ms\":%.3f}", i ? "," : "", (long long)stalls[i].at_ns,
+                            double(stalls[i].late_ns) / 1e6);
+            std::printf("]");
+        }
+        std::printf("}\n");
+    } else {
         std::printf("%zu due every %u us (%zu wakes): late p50 %.3f ms, p99 %.3f ms, p99.9 %.3f ms, max %.3f ms; "
                     "%.3f %% over 1 ms\n",
                     v.size(), o.period_us, wakes, q(0.5), q(0.99), q(0.999), q(1.0), over_pct);
+        if (stall_ns > 0) {
+            std::printf("%zu wake-ups later than %.3f ms\n", stall_count, o.stall_ms);
+            for (auto& st : stalls) std::printf("  at %lld ns: %.3f ms late\n", (long long)st.at_ns, double(st.late_ns) / 1e6);
+        }
+    }
     return 0;
 }
 
@@ -197,7 +232,11 @@ int main(int argc, char** argv) {
     wake->add_option("--period-us", wo.period_us, "one due time every this many microseconds")
         ->check(CLI::Range(100u, 100000u))
         ->capture_default_str();
-    wake->add_option("--seconds", wo.seconds, "how long to measure")->check(CLI::Range(0.5, 60.0))->capture_default_str();
+    wake->add_option("--seconds", wo.seconds, "how long to measure (SIGINT or SIGTERM ends it early, reporting)")->check(CLI::Range(0.5, 900.0))->capture_default_str();
+    wake->add_option("--stalls-over-ms", wo.stall_ms,
+                     "also list every wake-up later than this (CLOCK_REALTIME at_ns and ms), to match a viewer's gaps\n"
+                     "against the host's stalls at the same moment (at most 4096 listed)")
+        ->check(CLI::Range(0.0, 10000.0));
     wake->add_option("--rt-priority", wo.rt_priority, "SCHED_FIFO priority (0: normal scheduling)")
         ->check(CLI::Range(0, 99))
         ->capture_default_str();
