@@ -331,50 +331,95 @@ def cmd_report(d):
                f"{rep['floor']['us_per_datagram']['median']:.2f} = **{best:.1f}×** the streams per core.", ""]
 
     # 4. failover
-    faults = []
-    for r in fo:
-        if r["fault"] not in faults:
-            faults.append(r["fault"])
-    frows = []
-    md += ["## 4. Failover (pair in the lab, one fo-verify viewer, fault at 2 s)", "",
-           "| fault | runs (ok) | takeovers (before the fault) | gap at the fault beyond nominal ms | largest gap elsewhere ms | lost | duplicated | in order complete | detection ms | flip ms |",
-           "| --- | ---: | ---: | --- | --- | --- | --- | ---: | --- | --- |"]
-
     def mm(s, digits=1):
         if s is None:
             return "n/a"
         f = f"{{:.{digits}f}}"
         return f"{f.format(s['median'])} / {f.format(s['max'])}"
-    for f in faults:
-        runs = [r for r in fo if r["fault"] == f]
+
+    def clean(r):
+        """Every viewer got the whole asset on its own RTSP connection: the run's verdict."""
+        asset = r.get("asset_s") or 0
+        return bool(r.get("in_order_complete") and r.get("to_the_end") and r.get("lost") == 0
+                    and r.get("duplicated") == 0 and r.get("cc_errors") == 0 and r.get("control_end") == "teardown"
+                    and r.get("raw_ok") and (r.get("ffmpeg_s") or 0) >= asset - 0.5 and (r.get("vlc_s") or 0) >= asset - 0.5
+                    and not r.get("unexplained_gaps"))
+
+    groups = []
+    for r in fo:
+        key = (r.get("detection", "5x3"), r["fault"])
+        if key not in groups:
+            groups.append(key)
+    frows = []
+    md += ["## 4. Failover (a pair in the lab, fault at 3 s, four viewers: fo-verify, ffmpeg, VLC, a raw RTSP client)", "",
+           "| detection | fault | runs | clean | takeovers | spurious (before the fault) | detection ms | flip ms | "
+           "gap at the fault beyond nominal ms | largest gap elsewhere ms | lost | dup | played min s (ffmpeg / VLC) of | "
+           "RTSP connections revived / lost |",
+           "| --- | --- | ---: | ---: | ---: | ---: | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for det, f in groups:
+        runs = [r for r in fo if r.get("detection", "5x3") == det and r["fault"] == f]
         ok = [r for r in runs if "error" not in r]
-        row = {"fault": f, "runs": len(runs), "ok_runs": len(ok),
-               "takeovers": sum(1 for r in ok if r.get("takeover")),
-               "in_order_complete": sum(1 for r in ok if r.get("in_order_complete")),
-               "gap_beyond_ms": stats([r.get("gap_beyond_ms") for r in ok]),
+        tk = [r for r in ok if r.get("takeover")]
+        early = [r for r in tk if r.get("early_takeover")]
+        after = [r for r in tk if not r.get("early_takeover")]
+        row = {"detection": det, "fault": f, "runs": len(runs), "ok_runs": len(ok),
+               "clean": sum(1 for r in ok if clean(r)),
+               "takeovers": len(tk), "takeover_before_fault": len(early),
+               "detection_ms": stats([r.get("detection_ms") for r in after]),
+               "flip_ms": stats([r.get("flip_ms") for r in after]),
                "fault_gap_beyond_ms": stats([r["fault_gap_ms"] - r["nominal_ms"] for r in ok
                                              if r.get("fault_gap_ms") is not None and r.get("nominal_ms") is not None]),
                "background_gap_ms": stats([r.get("background_gap_ms") for r in ok]),
                "lost": stats([r.get("lost") for r in ok]), "duplicated": stats([r.get("duplicated") for r in ok]),
-               # A takeover stamped before the fault was not caused by it (a spurious detection
-               # on a starved machine): counted apart, kept out of the detection/flip figures.
-               "takeover_before_fault": sum(1 for r in ok if r.get("takeover") and (r.get("detection_ms") or 0) < 0),
-               "detection_ms": stats([r.get("detection_ms") for r in ok if (r.get("detection_ms") or -1) >= 0]),
-               "flip_ms": stats([r.get("flip_ms") for r in ok if (r.get("flip_ms") or -1) >= 0]),
-               "errors": [r["error"] for r in runs if "error" in r]}
+               "ffmpeg_min_s": min([r.get("ffmpeg_s") or 0 for r in ok], default=None),
+               "vlc_min_s": min([r.get("vlc_s") or 0 for r in ok], default=None),
+               "asset_s": max([r.get("asset_s") or 0 for r in ok], default=None),
+               "connections_revived": sum(r.get("connections_revived") or 0 for r in tk),
+               "connections_lost": sum(r.get("connections_lost") or 0 for r in tk),
+               "errors": [r["error"] for r in runs if "error" in r],
+               "not_clean": [{k: r.get(k) for k in ("run", "lost", "duplicated", "to_the_end", "control_end", "raw_ok",
+                                                      "ffmpeg_s", "vlc_s", "unexplained_gaps")} for r in ok if not clean(r)]}
         frows.append(row)
-        md.append(f"| {f} | {row['runs']} ({row['ok_runs']}) | {row['takeovers']} ({row['takeover_before_fault']}) | {mm(row['fault_gap_beyond_ms'], 2)} | "
-                  f"{mm(row['background_gap_ms'], 1)} | "
-                  f"{mm(row['lost'], 0)} | {mm(row['duplicated'], 0)} | {row['in_order_complete']}/{row['ok_runs']} | "
-                  f"{mm(row['detection_ms'])} | {mm(row['flip_ms'])} |")
+        played = (f"{row['ffmpeg_min_s']:.2f} / {row['vlc_min_s']:.2f} of {row['asset_s']:.2f}"
+                  if row["ffmpeg_min_s"] is not None else "n/a")
+        md.append(f"| {det} | {f} | {row['runs']} | {row['clean']} | {row['takeovers']} | {row['takeover_before_fault']} | "
+                  f"{mm(row['detection_ms'])} | {mm(row['flip_ms'])} | {mm(row['fault_gap_beyond_ms'], 2)} | "
+                  f"{mm(row['background_gap_ms'], 1)} | {mm(row['lost'], 0)} | {mm(row['duplicated'], 0)} | {played} | "
+                  f"{row['connections_revived']} / {row['connections_lost']} |")
+    # Spurious takeovers: a takeover no fault caused (before the fault; or on silence at
+    # private-down, whose heartbeats still cross the stream LAN), per detection setting.
+    summary = []
+    for det in dict.fromkeys(d for d, _ in groups):
+        rows = [r for r in fo if r.get("detection", "5x3") == det and "error" not in r]
+        spurious = sum(1 for r in rows if r.get("takeover") and (r.get("early_takeover") or r["fault"] == "private-down"))
+        caused = [r for r in rows if r.get("takeover") and not r.get("early_takeover") and r["fault"] != "private-down"]
+        summary.append({"detection": det, "runs": len(rows), "clean": sum(1 for r in rows if clean(r)),
+                        "spurious_takeovers": spurious,
+                        "spurious_rate": spurious / len(rows) if rows else None,
+                        "detection_ms": stats([r.get("detection_ms") for r in caused]),
+                        "fault_gap_beyond_ms": stats([r["fault_gap_ms"] - r["nominal_ms"] for r in caused
+                                                      if r.get("fault_gap_ms") is not None and r.get("nominal_ms") is not None])})
+    md += ["", "| detection | runs | clean | spurious takeovers (rate) | detection ms of caused takeovers | gap at the fault beyond nominal ms |",
+           "| --- | ---: | ---: | ---: | --- | --- |"]
+    for x in summary:
+        rate = f"{100 * x['spurious_rate']:.1f} %" if x["spurious_rate"] is not None else "n/a"
+        md.append(f"| {x['detection']} | {x['runs']} | {x['clean']} | {x['spurious_takeovers']} ({rate}) | "
+                  f"{mm(x['detection_ms'])} | {mm(x['fault_gap_beyond_ms'], 2)} |")
     rep["failover"] = frows
-    md += ["", "Failover cells are median / max. detection: fault to the secondary declaring it; flip: fault to "
-           "its gate open, both only over takeovers after the fault; gap at the fault beyond nominal: the largest inter-datagram gap at the "
-           "viewer touching the 200 ms after the fault, minus the median interval; largest gap elsewhere: the machine's own stalls, no fault "
-           "involved. private-down is expected to cause no takeover (heartbeats cross the stream LAN); stall (SIGSTOP 20 ms) may or may not.", ""]
+    rep["failover_detection"] = summary
+    md += ["", "Failover cells are median / max. A run is clean when fo-verify got every source packet once, in order, to the "
+           "last, its control connection ended with an answered TEARDOWN, ffmpeg and VLC saved the whole asset (within 0.5 s), "
+           "the raw client's requests after the fault were all answered, and every gap over one frame coincided with a stall "
+           "of the machine (fo-floor wake). Runs are never repeated. detection: fault to the secondary declaring it; flip: "
+           "fault to its gate open, both over takeovers after the fault; spurious: takeovers no fault caused (before it, "
+           "or on silence at private-down), a stall of the machine longer than the detection time; gap at the fault beyond "
+           "nominal: the largest inter-datagram gap at the viewer touching the 200 ms after the fault, minus the median "
+           "interval. private-down causes no takeover by design; stall (SIGSTOP 20 ms) may or may not.", ""]
     for row in frows:
         for e in row["errors"][:3]:
-            md.append(f"- {row['fault']}: a run failed: {e}")
+            md.append(f"- {row['detection']} {row['fault']}: a run failed: {e}")
+        for nc in row["not_clean"][:3]:
+            md.append(f"- {row['detection']} {row['fault']}: run {nc['run']} not clean: {json.dumps(nc)}")
     text = "\n".join(md) + "\n"
     with open(os.path.join(d, "report.md"), "w") as f:
         f.write(text)

@@ -335,7 +335,8 @@ void Daemon::answered(const sockaddr_in& peer, uint64_t request_end, uint64_t re
 
 // The engine's decisions: those of an RTSP request travel with its answer (one message).
 void Daemon::on_record(const failover::SessionRecord& r) {
-    if (in_request_ && std::this_thread::get_id() == loop_thread_ && request_records_.size() < failover::kMaxReplyRecords) {
+    // (The thread first: in_request_ belongs to the loop thread.)
+    if (std::this_thread::get_id() == loop_thread_ && in_request_ && request_records_.size() < failover::kMaxReplyRecords) {
         request_records_.push_back(r);
         return;
     }

@@ -374,10 +374,15 @@ struct Controller::Impl {
     }
 
     // Reads what the tap holds into the hub view. Called with mu held, on the controller thread.
+    // Only a standby sees both directions on the hub; a transmitting server's own segments are
+    // outgoing, so there the view would only pile up half-known connections: drained, not kept.
     void pump_tap() {
         if (!tap || !view) return;
         int64_t now = monotonic_ns();
-        auto n = tap->drain([&](const tcp_takeover::Segment& seg) { view->add(seg, now); });
+        bool keep = !transmits(state);
+        auto n = tap->drain([&](const tcp_takeover::Segment& seg) {
+            if (keep) view->add(seg, now);
+        });
         if (!n) st.last_error = "TCP tap: " + n.error().message;
     }
 
@@ -594,6 +599,7 @@ struct Controller::Impl {
             ++st.connections_lost;
             st.last_connection_lost = tcp_takeover::to_string(k) + ": " + why;
         }
+        view->clear();  // from now on this server serves them; a later standby watches afresh
         return out;
     }
 };

@@ -188,6 +188,7 @@ void RtspServer::stop_listening() {
 }
 
 RtspServer::~RtspServer() {
+    observer_ = nullptr;  // it may be gone already; nothing is reported from here
     while (!connections_.empty()) close_connection(*connections_.begin()->second, false);
     for (auto& [id, s] : sessions_) sd_event_source_disable_unref(s->timer);
     sessions_.clear();

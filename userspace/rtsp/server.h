@@ -146,8 +146,9 @@ public:
     // Opens its own listening socket on `addr` and closes it on destruction.
     static Result<std::unique_ptr<RtspServer>> create(sd_event* loop, const sockaddr_in& addr,
                                                       SessionBackend& backend, const Limits& limits = {});
-    // Closes every connection (with a FIN). Sessions are left to the backend (no teardown is
-    // called): the daemon decides what becomes of streams when the RTSP front end stops.
+    // Closes every connection (with a FIN; the observer is not told). Sessions are left to the
+    // backend (no teardown is called): the daemon decides what becomes of streams when the RTSP
+    // front end stops.
     ~RtspServer();
 
     // Accepts on a listening socket (owned and closed by the server if take_ownership; else the
