@@ -44,10 +44,14 @@ _Static_assert(sizeof(struct gate_flow_key) == 8, "gate_flow_key layout");
 _Static_assert(sizeof(struct gate_flow_rule) == 8, "gate_flow_rule layout");
 _Static_assert(sizeof(struct gate_seen) == 32, "gate_seen layout");
 _Static_assert(sizeof(struct gate_tcp_hold) == 8, "gate_tcp_hold layout");
+_Static_assert(sizeof(struct gate_tcp_frame) == 16 + GATE_TCP_FRAME_MAX, "gate_tcp_frame layout");
 _Static_assert(GATE_COUNTER__COUNT <= GATE_COUNTER_SLOTS, "counter slots");
 
 /* The stream IPv4 address, network byte order; set through skel->rodata before load. */
 const volatile __u32 stream_ip = 0;
+/* The TCP port whose frames gate_ingress copies to gate_tcp_frames (RTSP), network byte order;
+ * 0: none. Set through skel->rodata before load. */
+const volatile __u16 tcp_port = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -83,6 +87,11 @@ struct {
 	__type(key, struct gate_flow_key);
 	__type(value, struct gate_tcp_hold);
 } gate_tcp_held SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, GATE_TCP_FRAMES_BYTES);
+} gate_tcp_frames SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -507,6 +516,66 @@ static __always_inline void record_seen(struct __sk_buff *skb, const struct fram
 	}
 }
 
+/* A TCP frame of the service (tcp_port of the stream IP, to it or from it, unfragmented). */
+static __always_inline int service_tcp(struct __sk_buff *skb)
+{
+	__u8 eth[ETH_HLEN];
+	__u32 off = ETH_HLEN;
+	struct ip4 ip;
+	__be16 ports[2];
+	__u16 proto;
+
+	if (!tcp_port || bpf_skb_load_bytes(skb, 0, eth, sizeof(eth)) < 0)
+		return 0;
+	proto = ((__u16)eth[12] << 8) | eth[13];
+#pragma unroll
+	for (int i = 0; i < 2; i++) {
+		__u8 tag[4];
+
+		if (proto != ETH_P_8021Q && proto != ETH_P_8021AD)
+			break;
+		if (bpf_skb_load_bytes(skb, off, tag, sizeof(tag)) < 0)
+			return 0;
+		proto = ((__u16)tag[2] << 8) | tag[3];
+		off += 4;
+	}
+	if (proto != ETH_P_IP || bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
+		return 0;
+	if (ip.protocol != IPPROTO_TCP || (ip.frag_off & bpf_htons(IP_MF | IP_OFFSET)) || (ip.vihl & 0x0f) < 5)
+		return 0;
+	if (bpf_skb_load_bytes(skb, off + (ip.vihl & 0x0f) * 4, ports, sizeof(ports)) < 0)
+		return 0;
+	return (ip.saddr == stream_ip && ports[0] == tcp_port) || (ip.daddr == stream_ip && ports[1] == tcp_port);
+}
+
+/* Copies a service TCP frame, whole, to gate_tcp_frames: the daemon's view of the connections a
+ * takeover carries over (docs/tcp-takeover.md). */
+static __always_inline void copy_tcp_frame(struct __sk_buff *skb, __u64 now)
+{
+	struct gate_tcp_frame *r;
+	__u32 len = skb->len;
+
+	if (len == 0 || len > GATE_TCP_FRAME_MAX) {
+		count(GATE_INFO_TCP_FRAME_LOST);
+		return;
+	}
+	r = bpf_ringbuf_reserve(&gate_tcp_frames, sizeof(*r), 0);
+	if (!r) {
+		count(GATE_INFO_TCP_FRAME_LOST);
+		return;
+	}
+	r->ns = now;
+	r->len = len;
+	r->pad = 0;
+	if (bpf_skb_load_bytes(skb, 0, r->frame, len) < 0) {
+		bpf_ringbuf_discard(r, 0);
+		count(GATE_INFO_TCP_FRAME_LOST);
+		return;
+	}
+	bpf_ringbuf_submit(r, 0);
+	count(GATE_INFO_TCP_FRAME);
+}
+
 SEC("tc")
 int gate_ingress(struct __sk_buff *skb)
 {
@@ -516,6 +585,8 @@ int gate_ingress(struct __sk_buff *skb)
 	__u64 now;
 	int arms_fence = 1;
 
+	if (service_tcp(skb))
+		copy_tcp_frame(skb, bpf_ktime_get_ns());
 	classify(skb, &f);
 	/* What our egress would gate, with a known stream-IP source, was sent by the partner: a hub
 	 * never returns our own frames. Malformed frames prove nothing and go to the stack. */

@@ -28,12 +28,15 @@
 #define GATE_MAP_SEEN "gate_seen"
 #define GATE_MAP_COUNTERS "gate_counters"
 #define GATE_MAP_TCP_HELD "gate_tcp_held"
+#define GATE_MAP_TCP_FRAMES "gate_tcp_frames" /* ring buffer; not pinned (one per loaded gate) */
 
 /* Map sizes. A full gate_flows refuses new rules (E2BIG); gate_seen evicts the least recently
  * seen flow. */
 #define GATE_MAX_FLOWS 16384
 #define GATE_MAX_SEEN 16384
 #define GATE_MAX_TCP_HELD 16384 /* a full map refuses new holds (E2BIG) */
+#define GATE_TCP_FRAMES_BYTES (1u << 20) /* gate_tcp_frames ring size */
+#define GATE_TCP_FRAME_MAX 2048	   /* frames longer than this are not copied (counted) */
 #define GATE_COUNTER_SLOTS 64 /* gate_counters max_entries; enum gate_counter grows into it */
 
 /* A UDP GSO socket buffer carries at most this many datagrams (the kernel's UDP_MAX_SEGMENTS is
@@ -96,6 +99,15 @@ struct gate_tcp_hold {
 	__u64 since_ns; /* CLOCK_MONOTONIC when held (for the operator) */
 };
 
+/* One record of gate_tcp_frames: a TCP frame of the service (tcp_port of the stream IP, either
+ * direction) that gate_ingress saw, as it was on the wire from its Ethernet header on. */
+struct gate_tcp_frame {
+	__u64 ns;  /* CLOCK_MONOTONIC when seen */
+	__u32 len; /* bytes of frame[] that hold the frame */
+	__u32 pad;
+	__u8 frame[GATE_TCP_FRAME_MAX];
+};
+
 #define GATE_SEEN_RTP 1u /* last_seq and high_seq are valid */
 
 /* gate_seen value (LRU_HASH): what the partner put on the wire for one flow, as the hub
@@ -135,7 +147,9 @@ enum gate_counter {
 	GATE_INFO_PARTNER_RULED = 18,  /* partner frames of ruled flows (do not arm the fence) */
 	GATE_INFO_SEEN_FULL = 19,      /* partner datagrams gate_seen could not record */
 	GATE_EG_DROP_TCP_HELD = 20,    /* FIN or RST of a connection in gate_tcp_held */
-	GATE_COUNTER__COUNT = 21,
+	GATE_INFO_TCP_FRAME = 21,      /* service TCP frames copied to gate_tcp_frames */
+	GATE_INFO_TCP_FRAME_LOST = 22, /* ... not copied: the ring was full or the frame too long */
+	GATE_COUNTER__COUNT = 23,
 };
 
 #endif /* ONEFRAME_BPF_GATE_H */

@@ -118,7 +118,7 @@ pair_up() {
   rm -rf "/sys/fs/bpf/$OF_LAB_NAME-srv1" "/sys/fs/bpf/$OF_LAB_NAME-srv2"
   head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/peer.key"
   local common=("peer_key_file = $WORK/peer.key" "failover_heartbeat_freq_ms = ${PAIR_HB_MS:-5}"
-                "max_missed_heartbeats = ${PAIR_MISSED:-3}" "streamer_rt_priority = ${PAIR_STREAM_RT:-40}")
+                "max_missed_heartbeats = ${PAIR_MISSED:-3}" "streamer_rt_priority = ${PAIR_STREAM_RT:-40}" ${PAIR_EXTRA:+"$PAIR_EXTRA"})
   lab_server srv1 "${common[@]}" "failover_role = primary" "admin_ip = 10.77.0.11" \
     "partner_private_ip = 10.78.0.2" "partner_admin_ip = 10.77.0.12"
   lab_server srv2 "${common[@]}" "failover_role = secondary" "admin_ip = 10.77.0.12" \

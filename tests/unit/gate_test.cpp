@@ -294,6 +294,55 @@ TEST_F(GateProg, AHeldConnectionsFinAndRstNeverLeave) {
     EXPECT_EQ(gate->hold_tcp({kClient, 0}).error().code, EINVAL);
 }
 
+TEST(GateTcpFrames, IngressCopiesTheServicesTcpFramesWhole) {
+    if (geteuid() != 0) GTEST_SKIP() << "loading BPF programs needs root";
+    auto g = Gate::load(kStream, 554);
+    if (!g && (g.error().code == EPERM || g.error().code == ENOSYS)) GTEST_SKIP() << "BPF unavailable: " << g.error().message;
+    ASSERT_TRUE(g.ok()) << g.error().message;
+    auto tcp = [](in_addr src, in_addr dst, uint16_t sport, uint16_t dport, size_t payload) {
+        Bytes t;
+        put16(t, sport);
+        put16(t, dport);
+        put32be(t, htonl(1000));
+        put32be(t, htonl(2000));
+        t.push_back(0x50);
+        t.push_back(0x18);
+        put16(t, 512);
+        put16(t, 0);
+        put16(t, 0);
+        t.insert(t.end(), payload, 'x');
+        return eth(0x0800, ipv4(src, dst, t, {.proto = 6}));
+    };
+    Bytes to = tcp(kClient, kStream, 40000, 554, 60);     // a client's request
+    Bytes from = tcp(kStream, kClient, 554, 40000, 300);  // the partner's answer, as the hub floods it
+    Bytes other = tcp(kClient, kStream, 40000, 80, 10);   // another port: not copied
+    Bytes big = tcp(kClient, kStream, 40000, 554, 2100);  // over GATE_TCP_FRAME_MAX: counted, not copied
+    EXPECT_EQ(run_prog(g->ingress_prog_fd(), to), kOk);
+    EXPECT_EQ(run_prog(g->ingress_prog_fd(), from), kShot);  // still a partner frame: dropped after the copy
+    EXPECT_EQ(run_prog(g->ingress_prog_fd(), other), kOk);
+    EXPECT_EQ(run_prog(g->ingress_prog_fd(), big), kOk);
+    std::vector<Bytes> got;
+    auto n = g->drain_tcp_frames([&](std::span<const uint8_t> f, int64_t ns) {
+        EXPECT_GT(ns, 0);
+        got.emplace_back(f.begin(), f.end());
+    });
+    ASSERT_TRUE(n.ok()) << n.error().message;
+    ASSERT_EQ(got.size(), 2u);
+    EXPECT_EQ(got[0], to);
+    EXPECT_EQ(got[1], from);
+    auto c = g->counters();
+    ASSERT_TRUE(c.ok());
+    EXPECT_EQ((*c)[GATE_INFO_TCP_FRAME], 2u);
+    EXPECT_EQ((*c)[GATE_INFO_TCP_FRAME_LOST], 1u);
+    // Without a port nothing is copied.
+    auto none = Gate::load(kStream);
+    ASSERT_TRUE(none.ok());
+    EXPECT_EQ(run_prog(none->ingress_prog_fd(), to), kOk);
+    auto m = none->drain_tcp_frames([](std::span<const uint8_t>, int64_t) { ADD_FAILURE() << "a frame was copied"; });
+    ASSERT_TRUE(m.ok());
+    EXPECT_EQ(*m, 0u);
+}
+
 TEST_F(GateProg, ArpRequestsPassArpRepliesFromStreamIpAreGated) {
     // Standby: it must still resolve clients, and must not answer for the stream IP.
     EXPECT_EQ(egress(arp_frame(1, kStream, kClient)), kOk);

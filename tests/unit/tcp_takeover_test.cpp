@@ -19,7 +19,7 @@
 #include "tcp_takeover/hub_view.h"
 #include "tcp_takeover/repair.h"
 #include "tcp_takeover/segment.h"
-#include "tcp_takeover/tap.h"
+#include "packet_tap.h"
 #include "test_netns.h"
 #include "wait_until.h"
 
@@ -373,11 +373,10 @@ protected:
 };
 
 // What the view holds, for failure messages.
-std::string describe(const HubView& v, const Tap& t) {
+std::string describe(const HubView& v, const test::PacketTap& t) {
     auto p = v.plan(monotonic_ns());
     const auto& c = v.counters();
-    std::string out = "tap frames=" + std::to_string(t.counters().frames) + " malformed=" +
-                      std::to_string(t.counters().malformed) + "; view segments=" + std::to_string(c.segments) +
+    std::string out = "tap frames=" + std::to_string(t.frames()) + "; view segments=" + std::to_string(c.segments) +
                       " ignored=" + std::to_string(c.ignored) + " connections=" + std::to_string(c.connections) +
                       " closed=" + std::to_string(c.closed) + " revivable=" + std::to_string(p.revive.size());
     for (auto& [k, why] : p.lost) out += "; lost " + to_string(k) + ": " + why;
@@ -413,13 +412,13 @@ TEST_F(Revive, AConnectionGoesOnUnderTheSameClientSocket) {
     getsockname(lfd, reinterpret_cast<sockaddr*>(&sa), &sl);
     uint16_t port = ntohs(sa.sin_port);
 
-    auto tap = Tap::open("lo", lo, port);
+    auto tap = test::PacketTap::open("lo", lo, port);
     ASSERT_TRUE(tap) << tap.error().message;
     HubViewOptions o = rtsp_options();
     o.server = lo;
     o.server_port = port;
     HubView view(o);
-    auto pump = [&] { (void)tap->drain([&](const Segment& s) { view.add(s, monotonic_ns()); }); };
+    auto pump = [&] { (void)tap->drain([&](const Segment& s, int64_t ns) { view.add(s, ns); }); };
 
     int cfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     ASSERT_EQ(connect(cfd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
@@ -471,13 +470,13 @@ TEST_F(Revive, UnacknowledgedBytesAreRetransmittedAndUnsentOnesSent) {
     ASSERT_EQ(listen(lfd, 4), 0);
     socklen_t sl = sizeof sa;
     getsockname(lfd, reinterpret_cast<sockaddr*>(&sa), &sl);
-    auto tap = Tap::open("lo", lo, ntohs(sa.sin_port));
+    auto tap = test::PacketTap::open("lo", lo, ntohs(sa.sin_port));
     ASSERT_TRUE(tap) << tap.error().message;
     HubViewOptions o = rtsp_options();
     o.server = lo;
     o.server_port = ntohs(sa.sin_port);
     HubView view(o);
-    auto pump = [&] { (void)tap->drain([&](const Segment& s) { view.add(s, monotonic_ns()); }); };
+    auto pump = [&] { (void)tap->drain([&](const Segment& s, int64_t ns) { view.add(s, ns); }); };
     int cfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     ASSERT_EQ(connect(cfd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
     int sfd = accept(lfd, nullptr, nullptr);

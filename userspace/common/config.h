@@ -52,6 +52,7 @@ struct Config {
     in_addr partner_admin_ip{};                // 0 = none
     uint32_t failover_rt_priority = 50;        // SCHED_FIFO for the heartbeat thread; 0 = normal
     bool egress_gate = true;                   // attach the BPF egress gate to stream_interface
+    bool tcp_takeover = true;                  // a pair carries RTSP connections over (docs/tcp-takeover.md)
     std::string bpf_pin_root = "/sys/fs/bpf/oneframe";
     // Load balancing, seed 004 [0083] (carried by failover_sync)
     bool load_balance_active = false;

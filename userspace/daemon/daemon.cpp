@@ -72,7 +72,7 @@ Result<std::unique_ptr<Daemon>> Daemon::create(const Config& config) {
 Daemon::~Daemon() {
     api_.reset();
     // A pair's partner carries the connections on (it took over when we stopped): no FIN.
-    if (rtsp_ && pair_) rtsp_->drop_connections_silently();
+    if (rtsp_ && carry_connections_) rtsp_->drop_connections_silently();
     rtsp_.reset();
     if (engine_) engine_->set_observer(nullptr);
     failover_.reset();
@@ -126,6 +126,9 @@ Status Daemon::start() {
     if (config_.egress_gate) {
         gate::AttachOptions ao;
         ao.replace_incompatible_pins = true;
+        // A pair carrying RTSP connections over watches them through the gate (docs/tcp-takeover.md).
+        bool pair = config_.partner_private_ip.s_addr || config_.partner_admin_ip.s_addr;
+        if (pair && config_.tcp_takeover) ao.tcp_port = config_.rtsp_port;
         auto g = gate::Gate::attach(config_.stream_interface, config_.stream_ip, config_.bpf_pin_root, ao);
         if (!g) return make_error(g.error().code, "egress gate on " + config_.stream_interface + ": " + g.error().message);
         gate_ = std::make_unique<gate::Gate>(std::move(*g));
@@ -163,8 +166,8 @@ Status Daemon::start() {
     fo.stream_interface = config_.stream_interface;
     fo.sync_params = [this] { return sync_params(); };
     fo.apply_sync = [this](const auto& params) { return apply_sync(params); };
-    pair_ = fo.partner_private || fo.partner_admin;
-    if (pair_ && gate_) {
+    carry_connections_ = (fo.partner_private || fo.partner_admin) && gate_ && config_.tcp_takeover;
+    if (carry_connections_) {
         // The RTSP connections are carried over at a takeover (docs/tcp-takeover.md).
         tcp_takeover::HubViewOptions hv;
         hv.server = config_.stream_ip;
@@ -206,7 +209,7 @@ Status Daemon::start() {
     auto rtsp = rtsp::RtspServer::create(loop_, *engine_, lim);
     if (!rtsp) return rtsp.error();
     rtsp_ = std::move(*rtsp);
-    if (pair_) rtsp_->set_observer(this);
+    if (carry_connections_) rtsp_->set_observer(this);
 
     if (auto s = open_bus(); !s) return s;
     auto api = dbus::Server::create(bus_, *this);
@@ -264,7 +267,7 @@ void Daemon::follow_state(failover::State before, failover::State now) {
         // Standing down: the partner serves the connections now, or is about to.
         run([this] {
             rtsp_->stop_listening();
-            if (pair_) rtsp_->drop_connections_silently();
+            if (carry_connections_) rtsp_->drop_connections_silently();
         });
     }
 }
@@ -456,9 +459,7 @@ dbus::Dict Daemon::failover_dict() const {
         {"tcp_hub_replies", st.hub.replies},
         {"tcp_hub_replies_answered", st.hub.replies_answered},
         {"tcp_hub_replies_unknown", st.hub.replies_unknown},
-        {"tcp_tap_frames", st.tap_frames},
-        {"tcp_tap_malformed", st.tap_malformed},
-        {"tcp_tap_dropped", st.tap_dropped},
+        {"tcp_frames_malformed", st.frames_malformed},
         {"peer_sent", st.peer.sent},
         {"peer_received", st.peer.received},
         {"peer_bad_auth", st.peer.bad_auth},

@@ -76,7 +76,7 @@ private:
     std::unique_ptr<dbus::Server> api_;
     std::atomic<int> ingests_{0};
     int64_t started_ns_ = 0;
-    bool pair_ = false;                       // a partner is configured: connections are held
+    bool carry_connections_ = false;  // a pair with tcp_takeover: connections are held and carried over
     std::thread::id loop_thread_;
     bool in_request_ = false;                 // loop thread: an RTSP request is being handled
     std::vector<failover::SessionRecord> request_records_;  // ... and the decisions it made

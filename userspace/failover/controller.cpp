@@ -22,7 +22,7 @@
 #include "gate/egress_gate.h"
 #include "libfo/libfo.h"
 #include "tcp_takeover/repair.h"
-#include "tcp_takeover/tap.h"
+#include "tcp_takeover/segment.h"
 
 namespace of::failover {
 
@@ -84,9 +84,11 @@ struct Controller::Impl {
     std::atomic<State> shared_state{State::kUnconfigured};
     std::function<void(std::vector<RevivedConnection>)> takeover_hook;
     std::function<void(State, State)> state_hook;
-    // The hub view of the stream IP's TCP connections (opts.tcp): fed from the tap on this thread.
-    std::optional<tcp_takeover::Tap> tap;
+    // The hub view of the stream IP's TCP connections (opts.tcp): fed on this thread from the
+    // frames the gate's ingress program copies (gate_tcp_frames).
     std::optional<tcp_takeover::HubView> view;
+    int frames_fd = -1;
+    uint64_t frames_malformed = 0;
     std::atomic<uint64_t> replies_sent{0}, replies_oversized{0};
     int64_t active_since_rt = 0;  // CLOCK_REALTIME when we last started transmitting
     State state = State::kUnconfigured;
@@ -221,7 +223,7 @@ struct Controller::Impl {
             }
             int64_t wait = std::max<int64_t>(0, wake - now);
             pollfd fds[5] = {{sock, POLLIN, 0}, {wake_fd, POLLIN, 0}, {lan_sock, POLLIN, 0},
-                             {backend ? backend->notify_fd() : -1, POLLIN, 0}, {tap ? tap->fd() : -1, POLLIN, 0}};
+                             {backend ? backend->notify_fd() : -1, POLLIN, 0}, {frames_fd, POLLIN, 0}};
             timespec ts = ns_to_timespec(wait);
             int n = ppoll(fds, 5, &ts, nullptr);  // negative fds are ignored
             if (n > 0 && (fds[1].revents & POLLIN)) {
@@ -233,7 +235,7 @@ struct Controller::Impl {
             if (n > 0 && (fds[3].revents & POLLIN)) (void)backend->dispatch();
             if (n > 0 && (fds[4].revents & POLLIN)) {
                 std::lock_guard lk(mu);
-                pump_tap();
+                pump_frames();
             }
             now = monotonic_ns();
             if (now >= next_tick) {
@@ -369,21 +371,24 @@ struct Controller::Impl {
         if (state != State::kSecondary && state != State::kSecondaryNoPrimary) return;
         for (auto& rec : r.records) apply_record(rec, lk);
         if (!view) return;
-        pump_tap();
+        pump_frames();
         view->add_reply({{r.client_ip, r.client_port}, r.request_end, r.response_start, r.response});
     }
 
-    // Reads what the tap holds into the hub view. Called with mu held, on the controller thread.
-    // Only a standby sees both directions on the hub; a transmitting server's own segments are
-    // outgoing, so there the view would only pile up half-known connections: drained, not kept.
-    void pump_tap() {
-        if (!tap || !view) return;
-        int64_t now = monotonic_ns();
+    // Reads the frames the gate copied into the hub view. Called with mu held, on the controller
+    // thread. Only a standby sees both directions on the hub; a transmitting server's own segments
+    // are outgoing, so there the view would only pile up half-known connections: drained, not kept.
+    void pump_frames() {
+        if (!view || !gate) return;
         bool keep = !transmits(state);
-        auto n = tap->drain([&](const tcp_takeover::Segment& seg) {
-            if (keep) view->add(seg, now);
+        auto n = gate->drain_tcp_frames([&](std::span<const uint8_t> f, int64_t seen_ns) {
+            if (!keep) return;
+            // The kernel checked or made the checksum (it is not visible here): not verified.
+            auto seg = tcp_takeover::parse_frame(f, false);
+            if (seg) view->add(*seg, seen_ns);
+            else if (seg.error().code != ENOENT) ++frames_malformed;
         });
-        if (!n) st.last_error = "TCP tap: " + n.error().message;
+        if (!n) st.last_error = "TCP frames: " + n.error().message;
     }
 
     void apply_record(const SessionRecord& r, std::unique_lock<std::mutex>& lk) {
@@ -581,7 +586,7 @@ struct Controller::Impl {
     std::vector<RevivedConnection> revive_connections() {
         std::vector<RevivedConnection> out;
         if (!view) return out;
-        pump_tap();
+        pump_frames();
         auto plan = view->plan(monotonic_ns());
         for (auto& r : plan.revive) {
             auto fd = tcp_takeover::revive(r);
@@ -658,10 +663,11 @@ Result<std::unique_ptr<Controller>> Controller::create(ControllerOptions options
     impl->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (impl->wake_fd < 0) return errno_error("eventfd");
     if (impl->opts.tcp) {
-        if (impl->opts.stream_interface.empty()) return make_error(EINVAL, "TCP takeover needs the stream interface");
-        auto tap = tcp_takeover::Tap::open(impl->opts.stream_interface, impl->opts.tcp->server, impl->opts.tcp->server_port);
-        if (!tap) return make_error(tap.error().code, "TCP takeover: " + tap.error().message);
-        impl->tap.emplace(std::move(*tap));
+        // The gate must have been attached with the service's port (AttachOptions::tcp_port).
+        if (!gate) return make_error(EINVAL, "TCP takeover needs the egress gate");
+        auto fd = gate->tcp_frames_fd();
+        if (!fd) return make_error(fd.error().code, "TCP takeover: " + fd.error().message);
+        impl->frames_fd = *fd;
         impl->view.emplace(*impl->opts.tcp);
     }
 
@@ -871,12 +877,7 @@ ControllerStatus Controller::status() const {
     s.replies_sent = impl_->replies_sent.load();
     s.replies_oversized = impl_->replies_oversized.load();
     if (impl_->view) s.hub = impl_->view->counters();
-    if (impl_->tap) {
-        auto t = impl_->tap->counters();
-        s.tap_frames = t.frames;
-        s.tap_malformed = t.malformed;
-        s.tap_dropped = t.dropped;
-    }
+    s.frames_malformed = impl_->frames_malformed;
     return s;
 }
 

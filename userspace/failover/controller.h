@@ -79,8 +79,8 @@ struct ControllerOptions {
     // Applies what a sync brought; returns why not if it cannot (the sync then fails).
     std::function<Status(const std::vector<std::pair<std::string, std::string>>&)> apply_sync;
     // Carry the stream IP's TCP connections (RTSP) over at a takeover (docs/tcp-takeover.md):
-    // the service the hub view watches on stream_interface, and its message framers. Unset:
-    // connections are not carried over.
+    // the service the hub view watches (the gate must copy its frames: AttachOptions::tcp_port),
+    // and its message framers. Unset: connections are not carried over.
     std::optional<tcp_takeover::HubViewOptions> tcp;
 };
 
@@ -126,7 +126,7 @@ struct ControllerStatus {
     uint64_t replies_sent = 0;            // RTSP answers sent to the partner (primary)
     uint64_t replies_oversized = 0;       // too large for one message: sent without their records
     tcp_takeover::HubViewCounters hub;    // what the hub view saw (secondary)
-    uint64_t tap_frames = 0, tap_malformed = 0, tap_dropped = 0;
+    uint64_t frames_malformed = 0;        // copied by the gate but not a well-formed TCP frame
     std::string last_error;
     PeerCounters peer;
 };

@@ -284,9 +284,21 @@ struct Gate::Impl {
     Fd dir_lock;
     std::mutex ctl_mu;
     int ncpus = 0;
+    ring_buffer* tcp_ring = nullptr;  // gate_tcp_frames, made by the first drain
+    std::mutex ring_mu;
+    const std::function<void(std::span<const uint8_t>, int64_t)>* ring_sink = nullptr;  // during a drain
 
     ~Impl() {
+        if (tcp_ring) ring_buffer__free(tcp_ring);
         if (skel) gate_bpf__destroy(skel);
+    }
+    static int on_tcp_frame(void* ctx, void* data, size_t size) {
+        auto* self = static_cast<Impl*>(ctx);
+        if (size < offsetof(gate_tcp_frame, frame)) return 0;
+        auto* r = static_cast<const gate_tcp_frame*>(data);
+        size_t len = std::min<size_t>(r->len, size - offsetof(gate_tcp_frame, frame));
+        (*self->ring_sink)(std::span<const uint8_t>(r->frame, len), int64_t(r->ns));
+        return 0;
     }
     int map_fd(bpf_map* m) const { return bpf_map__fd(m); }
     Status live() const {
@@ -300,7 +312,7 @@ struct Gate::Impl {
             return errno_error("read gate_ctl");
         return c;
     }
-    static Result<std::unique_ptr<Impl>> load(in_addr stream_ip, const std::string& pin_dir,
+    static Result<std::unique_ptr<Impl>> load(in_addr stream_ip, uint16_t tcp_port, const std::string& pin_dir,
                                               bool replace_incompatible, const LibbpfCapture& capture);
     template <class F>
     Status update_ctl(F&& change) {
@@ -321,12 +333,13 @@ struct Gate::Impl {
 };
 
 // Opens and loads the skeleton; with a pin_dir, maps are reused from or pinned to it.
-Result<std::unique_ptr<Gate::Impl>> Gate::Impl::load(in_addr stream_ip, const std::string& pin_dir,
+Result<std::unique_ptr<Gate::Impl>> Gate::Impl::load(in_addr stream_ip, uint16_t tcp_port, const std::string& pin_dir,
                                                      bool replace_incompatible, const LibbpfCapture& capture) {
     auto impl = std::make_unique<Impl>();
     impl->skel = gate_bpf__open();
     if (!impl->skel) return capture.error("open gate BPF object", errno);
     impl->skel->rodata->stream_ip = stream_ip.s_addr;
+    impl->skel->rodata->tcp_port = htons(tcp_port);
     if (!pin_dir.empty()) {
         bpf_map* maps[] = {impl->skel->maps.gate_ctl, impl->skel->maps.gate_partner, impl->skel->maps.gate_flows,
                            impl->skel->maps.gate_seen, impl->skel->maps.gate_counters,
@@ -396,10 +409,10 @@ Gate::Gate(Gate&&) noexcept = default;
 Gate& Gate::operator=(Gate&&) noexcept = default;
 Gate::~Gate() = default;
 
-Result<Gate> Gate::load(in_addr stream_ip) {
+Result<Gate> Gate::load(in_addr stream_ip, uint16_t tcp_port) {
     if (auto s = validate_stream_ip(stream_ip); !s) return s.error();
     LibbpfCapture capture;
-    auto impl = Impl::load(stream_ip, "", false, capture);
+    auto impl = Impl::load(stream_ip, tcp_port, "", false, capture);
     if (!impl) return impl.error();
     return Gate(std::move(*impl));
 }
@@ -421,7 +434,7 @@ Result<Gate> Gate::attach(const std::string& ifname, in_addr stream_ip, const st
     if (!lock) return lock.error();
 
     LibbpfCapture capture;
-    auto loaded = Impl::load(stream_ip, dir, options.replace_incompatible_pins, capture);
+    auto loaded = Impl::load(stream_ip, options.tcp_port, dir, options.replace_incompatible_pins, capture);
     if (!loaded) return loaded.error();
     std::unique_ptr<Impl> impl = std::move(*loaded);
     impl->pin_dir = dir;
@@ -696,6 +709,27 @@ Result<bool> Gate::tcp_held(const Flow& conn) const {
     return true;
 }
 
+Result<int> Gate::tcp_frames_fd() {
+    if (auto s = impl_->live(); !s) return s.error();
+    std::lock_guard lk(impl_->ring_mu);
+    if (!impl_->tcp_ring) {
+        impl_->tcp_ring = ring_buffer__new(impl_->map_fd(impl_->skel->maps.gate_tcp_frames), &Impl::on_tcp_frame,
+                                           impl_.get(), nullptr);
+        if (!impl_->tcp_ring) return errno_error("open gate_tcp_frames");
+    }
+    return ring_buffer__epoll_fd(impl_->tcp_ring);
+}
+
+Result<size_t> Gate::drain_tcp_frames(const std::function<void(std::span<const uint8_t>, int64_t)>& sink) {
+    if (auto fd = tcp_frames_fd(); !fd) return fd.error();
+    std::lock_guard lk(impl_->ring_mu);
+    impl_->ring_sink = &sink;
+    int n = ring_buffer__consume(impl_->tcp_ring);
+    impl_->ring_sink = nullptr;
+    if (n < 0) return errno_error("read gate_tcp_frames", -n);
+    return size_t(n);
+}
+
 Result<Counters> Gate::counters() const {
     if (auto s = impl_->live(); !s) return s.error();
     Counters out;
@@ -753,6 +787,8 @@ std::string_view counter_name(gate_counter c) {
         case GATE_INFO_PARTNER_RULED: return "info_partner_ruled";
         case GATE_INFO_SEEN_FULL: return "info_seen_full";
         case GATE_EG_DROP_TCP_HELD: return "eg_drop_tcp_held";
+        case GATE_INFO_TCP_FRAME: return "info_tcp_frame";
+        case GATE_INFO_TCP_FRAME_LOST: return "info_tcp_frame_lost";
         case GATE_COUNTER__COUNT: break;
     }
     return "";

@@ -15,7 +15,9 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <span>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -93,6 +95,9 @@ struct AttachOptions {
     // error (EEXIST) unless this is set: then they are unlinked and the gate starts afresh
     // (STANDBY, no rules). Pins of the same ABI are always reused, keeping their contents.
     bool replace_incompatible_pins = false;
+    // gate_ingress copies every TCP frame to or from this port of the stream IP (host order) to
+    // gate_tcp_frames, for the view of the connections a takeover carries over. 0: none.
+    uint16_t tcp_port = 0;
 };
 
 inline constexpr std::chrono::nanoseconds kMaxLease = std::chrono::seconds(60);
@@ -114,7 +119,7 @@ public:
 
     // Loads the programs with fresh, unpinned maps and attaches nothing: for BPF_PROG_TEST_RUN
     // (tests, self-checks). Every map method works on it.
-    static Result<Gate> load(in_addr stream_ip);
+    static Result<Gate> load(in_addr stream_ip, uint16_t tcp_port = 0);
 
     // Removes what a gate left on `ifname` in the calling thread's network namespace: both tc
     // filters (handle kTcHandle, priority kTcPriority) and the pins under <pin_root>/<ifname>/.
@@ -173,6 +178,12 @@ public:
     Status release_tcp(const Flow& conn);
     Status release_all_tcp();
     Result<bool> tcp_held(const Flow& conn) const;
+
+    // The service TCP frames gate_ingress saw (AttachOptions::tcp_port), oldest first: each frame
+    // from its Ethernet header, and when it was seen (CLOCK_MONOTONIC). tcp_frames_fd() becomes
+    // readable when there are some. One reader at a time; from any thread.
+    Result<int> tcp_frames_fd();
+    Result<size_t> drain_tcp_frames(const std::function<void(std::span<const uint8_t>, int64_t)>& sink);
 
     Result<Counters> counters() const;
 
