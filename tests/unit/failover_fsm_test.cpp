@@ -3,7 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <set>
 #include <string>
+
+#include <linux/failover_fsm.h>
 
 #include "failover/controller.h"
 #include "failover/state_machine.h"
@@ -16,13 +19,14 @@ using namespace of::failover;
 // "when_online|when_offline" for moves that depend on the partner; "-" means refused.
 const std::map<std::string, std::map<std::string, std::string>> kExpected = {
     {"Unconfigured", {{"set_config_type primary", "Primary_Offline"},
-                      {"set_config_type secondary", "Secondary_Offline"}}},
+                      {"set_config_type secondary", "Secondary_Offline"},
+                      {"local_failure", "Unconfigured_Failed"}}},                  // [0067]
     {"Primary_Offline", {{"set_config_type primary", "Primary_Offline"},
                          {"set_config_type secondary", "Secondary_Offline"},
-                         {"start_streaming", "Primary|Primary_No_Secondary"},
+                         {"start_streaming", "Primary|Primary_No_Secondary"},  // [0080] [0089]
                          {"local_failure", "Failed"}}},
     {"Primary_No_Secondary", {{"stop_streaming", "Primary_Offline"},
-                              {"partner_online", "Primary"},
+                              {"partner_online", "Primary"},                    // [0088]
                               {"partner_offline", "Primary_No_Secondary"},
                               {"local_failure", "Failed"},
                               {"stop_ordered", "Failed"}}},
@@ -30,30 +34,39 @@ const std::map<std::string, std::map<std::string, std::string>> kExpected = {
                  {"partner_online", "Primary"},
                  {"partner_offline", "Primary_No_Secondary"},
                  {"partner_failed", "Primary_No_Secondary"},
-                 {"local_failure", "Failed"},
-                 {"stop_ordered", "Failed"}}},
+                 {"local_failure", "Failed"},                                       // [0094]
+                 {"stop_ordered", "Failed"}}},                                      // [0097]
     {"Failed", {{"set_config_type primary", "Primary_Offline"},
-                {"set_config_type secondary", "Secondary_Offline"},
+                {"set_config_type secondary", "Secondary_Offline"},                 // [0063] failback
                 {"local_failure", "Failed"},
                 {"stop_ordered", "Failed"}}},
     {"Secondary_Offline", {{"set_config_type primary", "Primary_Offline"},
                            {"set_config_type secondary", "Secondary_Offline"},
-                           {"failover_sync", "Secondary_Synchronizing"}}},
+                           {"failover_sync", "Secondary_Synchronizing"},              // [0082]
+                           {"local_failure", "Secondary_Failed"}}},
     {"Secondary_Synchronizing", {{"sync_succeeded", "Secondary_Synchronized"},
                                  {"sync_failed", "Secondary_Offline"},
-                                 {"local_failure", "Secondary_Offline"}}},
-    {"Secondary_Synchronized", {{"start_streaming", "Secondary|Secondary_No_Primary"},
-                                {"failover_unsync", "Secondary_Offline"},
-                                {"local_failure", "Secondary_Offline"}}},
-    {"Secondary", {{"stop_streaming", "Secondary_Offline"},
+                                 {"local_failure", "Secondary_Failed"}}},
+    {"Secondary_Synchronized", {{"start_streaming", "Secondary|Secondary_No_Primary"},  // [0086]
+                                {"failover_unsync", "Secondary_Offline"},             // [0085]
+                                {"local_failure", "Secondary_Failed"}}},
+    {"Secondary", {{"stop_streaming", "Secondary_Synchronized"},                    // [0084]
                    {"partner_online", "Secondary"},
-                   {"partner_offline", "Secondary_No_Primary"},
-                   {"partner_failed", "Primary_No_Secondary"},
-                   {"local_failure", "Secondary_Offline"}}},
-    {"Secondary_No_Primary", {{"stop_streaming", "Secondary_Offline"},
+                   {"partner_offline", "Secondary_No_Primary"},                     // [0088]
+                   {"partner_failed", "Primary_No_Secondary"},                      // [0097]
+                   {"local_failure", "Secondary_Failed"}}},
+    {"Secondary_No_Primary", {{"stop_streaming", "Secondary_Synchronized"},
                               {"partner_online", "Secondary"},
                               {"partner_offline", "Secondary_No_Primary"},
-                              {"local_failure", "Secondary_Offline"}}},
+                              {"local_failure", "Secondary_Failed"}}},
+    {"Secondary_Failed", {{"set_config_type primary", "Primary_Offline"},
+                          {"set_config_type secondary", "Secondary_Offline"},
+                          {"local_failure", "Secondary_Failed"},
+                          {"stop_ordered", "Secondary_Failed"}}},
+    {"Unconfigured_Failed", {{"set_config_type primary", "Primary_Offline"},
+                             {"set_config_type secondary", "Secondary_Offline"},
+                             {"local_failure", "Unconfigured_Failed"},
+                             {"stop_ordered", "Unconfigured_Failed"}}},
 };
 
 TEST(FailoverFsm, EveryStateEventPair) {
@@ -89,6 +102,31 @@ TEST(FailoverFsm, EveryStateEventPair) {
     EXPECT_EQ(checked, kStateCount * kEventCount * 2);
 }
 
+// The daemon, failover.ko and fo-holder share failover_fsm.h: every move the daemon makes is one
+// of its edges (the kernel and the holder accept exactly those), and every edge but the
+// re-configuration to Unconfigured (no command asks for it) is a move some daemon event makes.
+TEST(FailoverFsm, TheDaemonMovesAlongTheOneTableAndUsesAllOfIt) {
+    std::set<std::pair<std::pair<unsigned, unsigned>, std::pair<unsigned, unsigned>>> used;
+    for (int si = 0; si < kStateCount; ++si)
+        for (int ei = 0; ei < kEventCount; ++ei)
+            for (bool partner : {true, false}) {
+                State s = State(si);
+                Outcome o = transition(s, Event(ei), partner);
+                if (!o.allowed || o.next == s) continue;
+                const fo_fsm_edge* e = fo_fsm_find(type_of(s), fostate_of(s), type_of(o.next), fostate_of(o.next));
+                EXPECT_NE(e, nullptr) << name(s) << " -> " << name(o.next) << " is not in failover_fsm.h";
+                used.insert({{type_of(s), fostate_of(s)}, {type_of(o.next), fostate_of(o.next)}});
+            }
+    for (const fo_fsm_edge* e = fo_fsm_edges; e->event; ++e) {
+        if (e->to_type == FOTYPE_UNDEF && e->to_state == FOSTATE_UNDEF) continue;
+        EXPECT_TRUE(used.count({{e->from_type, e->from_state}, {e->to_type, e->to_state}}))
+            << fo_fsm_state_name(e->from_type, e->from_state) << " -> " << fo_fsm_state_name(e->to_type, e->to_state)
+            << " (event " << int(e->event) << ") is an edge no daemon event takes";
+    }
+    for (int si = 0; si < kStateCount; ++si)
+        EXPECT_STREQ(std::string(name(State(si))).c_str(), fo_fsm_state_name(type_of(State(si)), fostate_of(State(si))));
+}
+
 TEST(FailoverFsm, RefusalsSayWhatToDo) {
     EXPECT_EQ(transition(State::kPrimary, Event::kSetConfigSecondary, true).reason,
               "set_config_type secondary is not allowed in state Primary: stop streaming first");
@@ -122,7 +160,9 @@ TEST(FailoverFsm, NineNamedStatesMapToTypeAndStatePairs) {
         EXPECT_EQ(fostate_of(p.s), p.st) << name(p.s);
         EXPECT_EQ(state_of(p.t, p.st), p.s) << name(p.s);
     }
-    EXPECT_FALSE(state_of(FOTYPE_SLAVE, FOSTATE_FAILED).has_value());
+    EXPECT_EQ(state_of(FOTYPE_SLAVE, FOSTATE_FAILED), State::kSecondaryFailed);  // [0067]: any server fails
+    EXPECT_EQ(state_of(FOTYPE_UNDEF, FOSTATE_FAILED), State::kUnconfiguredFailed);
+    EXPECT_FALSE(state_of(FOTYPE_UNDEF, FOSTATE_LIVE).has_value());
     EXPECT_TRUE(transmits(State::kPrimary));
     EXPECT_TRUE(transmits(State::kPrimaryNoSecondary));
     EXPECT_FALSE(transmits(State::kSecondary));

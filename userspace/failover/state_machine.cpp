@@ -2,81 +2,62 @@
 
 #include <array>
 
+#include <linux/failover_fsm.h>
+
 namespace of::failover {
 namespace {
 
 using S = State;
 using E = Event;
 
-enum class Guard : uint8_t { kAny, kPartnerOnline, kPartnerOffline };
+// The edge of failover_fsm.h that `event` takes from `from`, as (type, state) of its target, or
+// nullopt. (The table is the one source; this only says which of its edges an event is.)
+std::optional<State> edge_for(State from, Event event, bool partner_online) {
+    unsigned ft = type_of(from), fs = fostate_of(from);
+    auto take = [&](fo_fsm_event ev, int to_type, int to_state) -> std::optional<State> {
+        for (const fo_fsm_edge* e = fo_fsm_edges; e->event; ++e) {
+            if (e->from_type != ft || e->from_state != fs || e->event != ev) continue;
+            if (to_type >= 0 && e->to_type != to_type) continue;
+            if (to_state >= 0 && e->to_state != to_state) continue;
+            return state_of(fo_type(e->to_type), fo_state(e->to_state));
+        }
+        return std::nullopt;
+    };
+    switch (event) {
+    case E::kSetConfigPrimary: return take(FO_EV_SET_CONFIG_TYPE, FOTYPE_MASTER, FOSTATE_NONE);
+    case E::kSetConfigSecondary: return take(FO_EV_SET_CONFIG_TYPE, FOTYPE_SLAVE, FOSTATE_NONE);
+    case E::kStartStreaming: return take(FO_EV_START_STREAMING, -1, partner_online ? FOSTATE_LIVE : FOSTATE_NOPARTNER);
+    case E::kStopStreaming: return take(FO_EV_STOP_STREAMING, -1, -1);
+    case E::kFailoverSync: return take(FO_EV_FAILOVER_SYNC, -1, -1);
+    case E::kSyncSucceeded: return take(FO_EV_SYNC_DONE, -1, -1);
+    case E::kSyncFailed: return take(FO_EV_SYNC_FAILED, -1, -1);
+    case E::kFailoverUnsync: return take(FO_EV_FAILOVER_UNSYNC, -1, -1);
+    case E::kPartnerOnline: return take(FO_EV_PARTNER_ONLINE, -1, -1);
+    case E::kPartnerOffline: return take(FO_EV_PARTNER_OFFLINE, -1, -1);
+    // A secondary takes over ([0097]); a primary whose secondary failed carries on alone.
+    case E::kPartnerFailed:
+        return from == S::kSecondary ? take(FO_EV_TAKEOVER, -1, -1) : take(FO_EV_PARTNER_OFFLINE, -1, -1);
+    case E::kLocalFailure: return take(FO_EV_FAIL, -1, -1);
+    // A transmitting server whose partner took over stops: it failed ([0097]).
+    case E::kStopOrdered: return transmits(from) ? take(FO_EV_FAIL, -1, -1) : std::nullopt;
+    }
+    return std::nullopt;
+}
 
-struct Row {
-    S from;
-    E event;
-    Guard guard;
-    S to;
-};
+// Events that change nothing where they find the server are accepted, so that callers need not
+// filter them: they are not moves, so the table has no edge for them.
+bool no_change(State from, Event event) {
+    switch (event) {
+    case E::kSetConfigPrimary: return from == S::kPrimaryOffline;
+    case E::kSetConfigSecondary: return from == S::kSecondaryOffline;
+    case E::kPartnerOnline: return from == S::kPrimary || from == S::kSecondary;
+    case E::kPartnerOffline: return from == S::kPrimaryNoSecondary || from == S::kSecondaryNoPrimary;
+    case E::kLocalFailure:
+    case E::kStopOrdered: return fostate_of(from) == FOSTATE_FAILED;
+    default: return false;
+    }
+}
 
-// Fig. 5, row by row. Anything not listed is refused.
-constexpr Row kTable[] = {
-    // Configuration ([0079], [0081]); re-designation only while offline or failed.
-    {S::kUnconfigured, E::kSetConfigPrimary, Guard::kAny, S::kPrimaryOffline},
-    {S::kUnconfigured, E::kSetConfigSecondary, Guard::kAny, S::kSecondaryOffline},
-    {S::kPrimaryOffline, E::kSetConfigPrimary, Guard::kAny, S::kPrimaryOffline},
-    {S::kPrimaryOffline, E::kSetConfigSecondary, Guard::kAny, S::kSecondaryOffline},
-    {S::kSecondaryOffline, E::kSetConfigPrimary, Guard::kAny, S::kPrimaryOffline},
-    {S::kSecondaryOffline, E::kSetConfigSecondary, Guard::kAny, S::kSecondaryOffline},
-    {S::kFailed, E::kSetConfigPrimary, Guard::kAny, S::kPrimaryOffline},
-    {S::kFailed, E::kSetConfigSecondary, Guard::kAny, S::kSecondaryOffline},  // failback
-
-    // start_streaming / stop_streaming ([0080], [0086], [0088]).
-    {S::kPrimaryOffline, E::kStartStreaming, Guard::kPartnerOnline, S::kPrimary},
-    {S::kPrimaryOffline, E::kStartStreaming, Guard::kPartnerOffline, S::kPrimaryNoSecondary},
-    {S::kSecondarySynchronized, E::kStartStreaming, Guard::kPartnerOnline, S::kSecondary},
-    {S::kSecondarySynchronized, E::kStartStreaming, Guard::kPartnerOffline, S::kSecondaryNoPrimary},
-    {S::kPrimary, E::kStopStreaming, Guard::kAny, S::kPrimaryOffline},
-    {S::kPrimaryNoSecondary, E::kStopStreaming, Guard::kAny, S::kPrimaryOffline},
-    // A secondary taken offline misses updates, so it must sync again before coming back.
-    {S::kSecondary, E::kStopStreaming, Guard::kAny, S::kSecondaryOffline},
-    {S::kSecondaryNoPrimary, E::kStopStreaming, Guard::kAny, S::kSecondaryOffline},
-
-    // Synchronization ([0082], [0085]).
-    {S::kSecondaryOffline, E::kFailoverSync, Guard::kAny, S::kSecondarySynchronizing},
-    {S::kSecondarySynchronizing, E::kSyncSucceeded, Guard::kAny, S::kSecondarySynchronized},
-    {S::kSecondarySynchronizing, E::kSyncFailed, Guard::kAny, S::kSecondaryOffline},
-    {S::kSecondarySynchronized, E::kFailoverUnsync, Guard::kAny, S::kSecondaryOffline},
-
-    // The partner comes and goes ([0088]).
-    {S::kPrimaryNoSecondary, E::kPartnerOnline, Guard::kAny, S::kPrimary},
-    {S::kPrimary, E::kPartnerOffline, Guard::kAny, S::kPrimaryNoSecondary},
-    {S::kSecondaryNoPrimary, E::kPartnerOnline, Guard::kAny, S::kSecondary},
-    {S::kSecondary, E::kPartnerOffline, Guard::kAny, S::kSecondaryNoPrimary},
-    // Arrivals and departures that change nothing are accepted so callers need not filter them.
-    {S::kPrimary, E::kPartnerOnline, Guard::kAny, S::kPrimary},
-    {S::kSecondary, E::kPartnerOnline, Guard::kAny, S::kSecondary},
-    {S::kPrimaryNoSecondary, E::kPartnerOffline, Guard::kAny, S::kPrimaryNoSecondary},
-    {S::kSecondaryNoPrimary, E::kPartnerOffline, Guard::kAny, S::kSecondaryNoPrimary},
-
-    // Failover ([0094]-[0097]): the secondary takes over; the failed primary stops.
-    {S::kSecondary, E::kPartnerFailed, Guard::kAny, S::kPrimaryNoSecondary},
-    {S::kPrimary, E::kPartnerFailed, Guard::kAny, S::kPrimaryNoSecondary},  // our secondary died
-    {S::kPrimary, E::kLocalFailure, Guard::kAny, S::kFailed},
-    {S::kPrimaryNoSecondary, E::kLocalFailure, Guard::kAny, S::kFailed},
-    {S::kPrimaryOffline, E::kLocalFailure, Guard::kAny, S::kFailed},
-    {S::kSecondary, E::kLocalFailure, Guard::kAny, S::kSecondaryOffline},
-    {S::kSecondaryNoPrimary, E::kLocalFailure, Guard::kAny, S::kSecondaryOffline},
-    {S::kSecondarySynchronized, E::kLocalFailure, Guard::kAny, S::kSecondaryOffline},
-    {S::kSecondarySynchronizing, E::kLocalFailure, Guard::kAny, S::kSecondaryOffline},
-    {S::kPrimary, E::kStopOrdered, Guard::kAny, S::kFailed},
-    {S::kPrimaryNoSecondary, E::kStopOrdered, Guard::kAny, S::kFailed},
-    {S::kFailed, E::kStopOrdered, Guard::kAny, S::kFailed},
-    {S::kFailed, E::kLocalFailure, Guard::kAny, S::kFailed},
-};
-
-constexpr std::array<std::string_view, kStateCount> kStateNames = {
-    "Unconfigured", "Primary", "Primary_No_Secondary", "Primary_Offline", "Failed", "Secondary",
-    "Secondary_No_Primary", "Secondary_Offline", "Secondary_Synchronizing", "Secondary_Synchronized",
-};
 constexpr std::array<std::string_view, kEventCount> kEventNames = {
     "set_config_type primary", "set_config_type secondary", "start_streaming", "stop_streaming",
     "failover_sync", "sync_succeeded", "sync_failed", "failover_unsync", "partner_online",
@@ -97,7 +78,7 @@ std::string hint(State from, Event e) {
         if (from == S::kUnconfigured) return "run set_config_type first";
         if (from == S::kSecondaryOffline) return "run failover_sync first";
         if (streaming) return "already streaming";
-        if (from == S::kFailed) return "re-designate the server with set_config_type";
+        if (fostate_of(from) == FOSTATE_FAILED) return "re-designate the server with set_config_type";
         return "";
     case E::kStopStreaming:
         return streaming ? "" : "not streaming";
@@ -115,12 +96,8 @@ std::string hint(State from, Event e) {
 }  // namespace
 
 Outcome transition(State from, Event event, bool partner_online) {
-    for (const Row& r : kTable) {
-        if (r.from != from || r.event != event) continue;
-        if (r.guard == Guard::kPartnerOnline && !partner_online) continue;
-        if (r.guard == Guard::kPartnerOffline && partner_online) continue;
-        return Outcome{true, r.to, ""};
-    }
+    if (auto to = edge_for(from, event, partner_online)) return Outcome{true, *to, ""};
+    if (no_change(from, event)) return Outcome{true, from, ""};
     std::string why = std::string(name(event)) + " is not allowed in state " + std::string(name(from));
     if (auto h = hint(from, event); !h.empty()) why += ": " + h;
     return Outcome{false, from, why};
@@ -138,8 +115,10 @@ fo_type type_of(State s) {
     case S::kSecondaryOffline:
     case S::kSecondarySynchronizing:
     case S::kSecondarySynchronized:
+    case S::kSecondaryFailed:
         return FOTYPE_SLAVE;
     case S::kUnconfigured:
+    case S::kUnconfiguredFailed:
         break;
     }
     return FOTYPE_UNDEF;
@@ -157,6 +136,8 @@ fo_state fostate_of(State s) {
     case S::kSecondaryOffline:
         return FOSTATE_NONE;
     case S::kFailed:
+    case S::kSecondaryFailed:
+    case S::kUnconfiguredFailed:
         return FOSTATE_FAILED;
     case S::kSecondarySynchronizing:
         return FOSTATE_SYNCING;
@@ -182,7 +163,11 @@ bool online(State s) {
     return s == S::kPrimary || s == S::kPrimaryNoSecondary || s == S::kSecondary || s == S::kSecondaryNoPrimary;
 }
 
-std::string_view name(State s) { return kStateNames[size_t(s)]; }
+// The names of the one table (failover_fsm.h), as seed 004 gives them.
+std::string_view name(State s) {
+    const char* n = fo_fsm_state_name(type_of(s), fostate_of(s));
+    return n ? n : "?";
+}
 std::string_view name(Event e) { return kEventNames[size_t(e)]; }
 
 std::optional<Event> event_from_name(std::string_view n) {

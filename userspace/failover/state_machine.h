@@ -1,11 +1,16 @@
-// The failover state machine of seed 004 Fig. 5 ([0068]-[0098]), table-driven.
+// The failover state machine of seed 004 Fig. 5 ([0068]-[0098]) at the level of the daemon's
+// commands and events.
 //
 // A server's failover state is the pair (failover_type, failover_state) of [0066]-[0067]; nine
-// pairs are named states, plus Unconfigured before set_config_type. Events are the admin commands
-// of [0079]-[0088], the partner's comings and goings, and failures ([0094]-[0097]). Every
-// (state, event) pair either moves (possibly depending on whether the partner is online) or is
-// refused with a reason an operator can act on. The kernel module (or its userspace backend)
-// holds the resulting (type, state); this table decides which command-level moves exist.
+// pairs are named states, plus Unconfigured before set_config_type and the failed states of a
+// secondary or an unconfigured server ([0067]). There is ONE table of the moves between them:
+// kmod/include/uapi/linux/failover_fsm.h, compiled into failover.ko, into the userspace holder and
+// here. transition() only maps the daemon's events onto that table's edges (which edge a command
+// takes: start_streaming goes to Primary or Primary_No_Secondary by whether the partner is online,
+// [0086]); it adds no move of its own, so the daemon, the kernel and the holder cannot disagree.
+// Events are the admin commands of [0079]-[0088], the partner's comings and goings, and failures
+// ([0094]-[0097]). Every (state, event) pair either moves or is refused with a reason an operator
+// can act on.
 #pragma once
 
 #include <cstdint>
@@ -28,8 +33,10 @@ enum class State : uint8_t {
     kSecondaryOffline,        // 584   SLAVE/NONE
     kSecondarySynchronizing,  // 586   SLAVE/SYNCING
     kSecondarySynchronized,   // 588   SLAVE/SYNCED
+    kSecondaryFailed,         //       SLAVE/FAILED  (a failed secondary, [0067])
+    kUnconfiguredFailed,      //       UNDEF/FAILED  (failed before set_config_type)
 };
-constexpr int kStateCount = 10;
+constexpr int kStateCount = 12;
 
 enum class Event : uint8_t {
     kSetConfigPrimary,    // set_config_type primary
