@@ -281,6 +281,7 @@ public:
     std::atomic<bool> defer_add{false};
     std::atomic<bool> drop_show{false};
     std::atomic<bool> throw_in_sessions{false};
+    std::atomic<bool> last_sessions_privileged{false};
 
     void status(Reply<Dict> reply) override {
         record("Status", reply);
@@ -325,7 +326,8 @@ public:
         reply.fail(of::make_error(ENOENT, "no asset named '" + name + "'"));
     }
 
-    void sessions(Reply<List> reply) override {
+    void sessions(bool privileged, Reply<List> reply) override {
+        last_sessions_privileged = privileged;
         record("Sessions", reply);
         if (throw_in_sessions) throw std::runtime_error("boom");
         reply.ok({{{"id", "s1"}, {"asset", "news"}, {"bitrate_bps", uint64_t(3750000)}, {"state", "playing"}},
@@ -1069,6 +1071,12 @@ TEST_F(DbusTest, UnprivilegedCallersAreRefusedEveryChangingMethod) {
     const std::string st = dbus_send_as_nobody(false, "Status", {});
     EXPECT_NE(st.find("string \"test-1\""), std::string::npos) << st;
     EXPECT_NE(dbus_send_as_nobody(false, "AssetShow", {"string:keep"}).find("string \"keep\""), std::string::npos);
+    // Sessions too, but the daemon is told the caller may not see session ids (they control a session).
+    (void)dbus_send_as_nobody(false, "Sessions", {});
+    EXPECT_FALSE(handler_.last_sessions_privileged.load());
+    call_list(method::Sessions);
+    EXPECT_TRUE(handler_.last_sessions_privileged.load());
+    const auto before_changes = handler_.calls().size();
 
     // Each changing method is refused before the handler.
     const std::map<std::string, std::vector<std::string>> args = {
@@ -1091,7 +1099,8 @@ TEST_F(DbusTest, UnprivilegedCallersAreRefusedEveryChangingMethod) {
     EXPECT_NE(out.find("Error org.oneframe.Error.AccessDenied: AssetRemove changes the server"), std::string::npos) << out;
     EXPECT_EQ(changing, 7u);
     auto calls = handler_.calls();
-    EXPECT_EQ(calls.size(), before + 2);  // only Status and AssetShow
+    EXPECT_EQ(calls.size(), before_changes);  // none of the changing ones reached the handler
+    EXPECT_EQ(before_changes, before + 4);    // Status, AssetShow, Sessions twice
     EXPECT_EQ(server_->server().counters().refused, 8u);
     EXPECT_EQ(call_list(method::AssetList).size(), 1u);  // "keep" is still there
 }

@@ -1309,6 +1309,29 @@ TEST_F(RtspServerTest, ConnectionsDroppedSilentlySendNothing) {
     EXPECT_EQ(std::count_if(obs.events.begin(), obs.events.end(), [](auto& e) { return e.rfind("closing", 0) == 0; }), 0);
 }
 
+TEST_F(RtspServerTest, OnlyItsClientControlsASession) {
+    start();
+    TestClient owner(port_);
+    std::string sess = setup(owner, 1);
+    ASSERT_EQ(ask(owner, req("PLAY", base_ + "movie", 2, "Session: " + sess + "\r\n")).status, 200);
+    // Another viewer that learned the id (guessed, overheard) cannot touch it: to it the session
+    // does not exist.
+    TestClient other(port_, 0, "127.0.0.2");
+    for (const char* m : {"TEARDOWN", "PAUSE", "PLAY", "GET_PARAMETER"})
+        EXPECT_EQ(ask(other, req(m, base_ + "movie", 1, "Session: " + sess + "\r\n")).status, 454) << m;
+    EXPECT_EQ(backend_->count("TEARDOWN"), 0u);
+    EXPECT_EQ(backend_->count("PAUSE"), 0u);
+    EXPECT_TRUE(server_->has_session(sess));
+    // An adopted session (after a takeover) belongs to its client as well.
+    in_addr lo{};
+    inet_pton(AF_INET, "127.0.0.1", &lo);
+    ASSERT_TRUE(server_->adopt_session("adopted9", "movie", TransportKind::RtpAvp, lo).ok());
+    backend_->sessions["adopted9"] = RecordingBackend::Sess{"movie", {}, {}, RecordingBackend::State::Playing};
+    EXPECT_EQ(ask(other, req("TEARDOWN", base_ + "movie", 2, "Session: adopted9\r\n")).status, 454);
+    EXPECT_EQ(ask(owner, req("TEARDOWN", base_ + "movie", 3, "Session: adopted9\r\n")).status, 200);
+    EXPECT_EQ(ask(owner, req("TEARDOWN", base_ + "movie", 4, "Session: " + sess + "\r\n")).status, 200);
+}
+
 TEST_F(RtspServerTest, HostileClientsDoNotDisturbOthers) {
     Limits l;
     l.request_timeout_usec = 500'000;

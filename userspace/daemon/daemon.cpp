@@ -278,7 +278,8 @@ void Daemon::adopt(std::vector<failover::RevivedConnection> revived) {
         // The RTSP front end owns the sessions now, so keepalives and timeouts apply.
         for (auto& v : engine_->sessions())
             (void)rtsp_->adopt_session(v.id, v.asset,
-                                       v.transport == "RTP/AVP" ? rtsp::TransportKind::RtpAvp : rtsp::TransportKind::RawUdp);
+                                       v.transport == "RTP/AVP" ? rtsp::TransportKind::RtpAvp : rtsp::TransportKind::RawUdp,
+                                       v.client_ip);
         size_t adopted = 0;
         for (auto& r : *shared) {
             rtsp::AdoptedConnection a;
@@ -561,10 +562,11 @@ void Daemon::asset_remove(std::string name, dbus::Reply<void> reply) {
     reply.complete(s);
 }
 
-void Daemon::sessions(dbus::Reply<dbus::List> reply) {
+void Daemon::sessions(bool privileged, dbus::Reply<dbus::List> reply) {
     dbus::List l;
     for (auto& v : engine_->sessions())
-        l.push_back({{"id", v.id},
+        // An RTSP session id lets whoever holds it control the session: root's only.
+        l.push_back({{"id", privileged ? v.id : std::string("(root only)")},
                      {"asset", v.asset},
                      {"client", v.client},
                      {"transport", v.transport},

@@ -35,7 +35,7 @@ public:
     void asset_list(dbus::Reply<dbus::List> reply) override;
     void asset_show(std::string name, dbus::Reply<dbus::Dict> reply) override;
     void asset_remove(std::string name, dbus::Reply<void> reply) override;
-    void sessions(dbus::Reply<dbus::List> reply) override;
+    void sessions(bool privileged, dbus::Reply<dbus::List> reply) override;
     void set_config_type(dbus::FailoverConfig config, dbus::Reply<dbus::Dict> reply) override;
     void start_streaming(dbus::Reply<dbus::Dict> reply) override;
     void stop_streaming(dbus::Reply<dbus::Dict> reply) override;

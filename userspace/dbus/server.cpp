@@ -254,7 +254,11 @@ const Entry kEntries[] = {
          std::string name = name_arg(a);
          if (!a.refused(p, s)) h.asset_remove(std::move(name), Reply<void>(std::move(p)));
      }},
-    {&method::Sessions, [](Handler& h, Args&, Pending&& p, detail::Shared&) { h.sessions(Reply<List>(std::move(p))); }},
+    {&method::Sessions,
+     [](Handler& h, Args&, Pending&& p, detail::Shared&) {
+         bool privileged = p.privileged;
+         h.sessions(privileged, Reply<List>(std::move(p)));
+     }},
     {&method::SetConfigType,
      [](Handler& h, Args& a, Pending&& p, detail::Shared& s) {
          FailoverConfig c = failover_config_args(a);
@@ -410,6 +414,14 @@ int Server::Impl::on_call(sd_bus_message* m, void* userdata, sd_bus_error*) {
                            " has neither"));
             return 1;
         }
+    }
+    if (e->method == &method::Sessions) {
+        // Open to everyone, but session ids (which let their holder control a session) only to
+        // the privileged.
+        auto id = identify(m);
+        p.privileged = id && id->privileged;
+    } else if (e->method->access == Access::Change) {
+        p.privileged = true;  // checked above
     }
     Args args(m);
     try {

@@ -46,13 +46,15 @@ struct Shared;
 struct Pending {
     Pending(sd_bus_message* c, std::shared_ptr<Shared> s) : call(c), shared(std::move(s)) {}
     Pending(Pending&& o) noexcept
-        : call(std::exchange(o.call, nullptr)), shared(std::move(o.shared)), caller(std::move(o.caller)) {}
+        : call(std::exchange(o.call, nullptr)), shared(std::move(o.shared)), caller(std::move(o.caller)),
+          privileged(o.privileged) {}
     Pending& operator=(Pending&&) = delete;
     ~Pending() { sd_bus_message_unref(call); }
 
     sd_bus_message* call = nullptr;  // owned reference
     std::shared_ptr<Shared> shared;
     Caller caller;
+    bool privileged = false;  // root or CAP_NET_ADMIN, as the bus vouches (checked for Change and Sessions)
 };
 }  // namespace detail
 
@@ -136,7 +138,8 @@ public:
     virtual void asset_list(Reply<List> reply) = 0;
     virtual void asset_show(std::string name, Reply<Dict> reply) = 0;
     virtual void asset_remove(std::string name, Reply<void> reply) = 0;
-    virtual void sessions(Reply<List> reply) = 0;
+    // privileged: the caller may see what identifies a session (its id lets one control it).
+    virtual void sessions(bool privileged, Reply<List> reply) = 0;
     virtual void set_config_type(FailoverConfig config, Reply<Dict> reply) = 0;
     virtual void start_streaming(Reply<Dict> reply) = 0;
     virtual void stop_streaming(Reply<Dict> reply) = 0;

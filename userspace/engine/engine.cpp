@@ -215,8 +215,10 @@ Result<rtsp::SetupReply> Engine::setup(const rtsp::SetupRequest& req) {
     bool rtp = req.transport.kind == rtsp::TransportKind::RtpAvp;
     sockaddr_in client = req.client_addr;
     client.sin_port = htons(req.transport.client_port_lo);
-    uint64_t id;
-    do id = rng_(); while (id == 0 || sessions_.count(id));
+    // The id names the session in every RTSP request: unguessable, from the kernel's CSPRNG.
+    uint64_t id = 0;
+    while (id == 0 || sessions_.count(id))
+        if (getrandom(&id, sizeof id, 0) != sizeof id) return errno_error("getrandom (session id)");
     uint16_t rtcp = req.transport.client_port_hi != req.transport.client_port_lo ? req.transport.client_port_hi : 0;
     auto s = create_session(id, req.asset, client, rtcp, rtp, uint32_t(rng_()));
     if (!s) return s.error();
@@ -445,6 +447,7 @@ std::vector<SessionView> Engine::sessions() const {
         v.id = session_name(id);
         v.asset = s->asset;
         v.client = addr_text(s->client);
+        v.client_ip = s->client.sin_addr;
         v.transport = s->rtp ? "RTP/AVP" : "MP2T/UDP";
         v.counters = s->thread->counters(s->slot);
         v.bitrate_bps = s->bitrate_bps;

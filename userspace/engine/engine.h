@@ -32,6 +32,7 @@ struct SessionView {
     std::string id;
     std::string asset;
     std::string client;        // ip:port
+    in_addr client_ip{};       // where it streams (only that address may control it over RTSP)
     std::string transport;     // "RTP/AVP" or "MP2T/UDP"
     std::string state;         // ready, playing, paused, finished, failed
     uint64_t bitrate_bps = 0;

@@ -631,11 +631,11 @@ Status RtspServer::touch_session(const std::string& id) {
     return {};
 }
 
-Status RtspServer::adopt_session(const std::string& id, const std::string& asset, TransportKind kind) {
+Status RtspServer::adopt_session(const std::string& id, const std::string& asset, TransportKind kind, in_addr client) {
     if (!valid_session_id(id)) return make_error(EINVAL, "bad session id");
     if (!valid_asset_name(asset)) return make_error(EINVAL, "bad asset name");
     if (sessions_.count(id)) return make_error(EEXIST, "RTSP session " + id + " exists");
-    return add_session(id, asset, kind, "", 0, 0);
+    return add_session(id, asset, kind, "", 0, client.s_addr);
 }
 
 Status RtspServer::forget_session(const std::string& id) {
@@ -644,7 +644,7 @@ Status RtspServer::forget_session(const std::string& id) {
     return {};
 }
 
-RtspServer::Session* RtspServer::session_for(const Request& req, bool required, int& status) {
+RtspServer::Session* RtspServer::session_for(const Connection& c, const Request& req, bool required, int& status) {
     const std::string* h = req.header("Session");
     if (!h) {
         if (required) status = 454;
@@ -656,7 +656,10 @@ RtspServer::Session* RtspServer::session_for(const Request& req, bool required, 
         return nullptr;
     }
     auto it = sessions_.find(sh->id);
-    if (it == sessions_.end()) {
+    // A session is controlled from its client's address only: to anyone else it does not exist
+    // (a guessed or overheard id must not tear another viewer's session down).
+    if (it == sessions_.end() ||
+        (it->second->client_ip && (!c.peer_v4 || c.peer_v4->s_addr != it->second->client_ip))) {
         status = 454;
         return nullptr;
     }
@@ -703,9 +706,9 @@ void RtspServer::handle(Connection& c, const Request& req) {
     answer(c, r, req.cseq);
 }
 
-Response RtspServer::handle_options(Connection&, const Request& req) {
+Response RtspServer::handle_options(Connection& c, const Request& req) {
     int status = 0;
-    Session* s = session_for(req, false, status);
+    Session* s = session_for(c, req, false, status);
     if (status) return error_response(status);
     Response r(200);
     r.header("Public", kPublic);
@@ -723,7 +726,7 @@ Response RtspServer::handle_describe(Connection& c, const Request& req) {
     if (u->asset.empty()) return error_response(404);
     if (const std::string* accept = req.header("Accept"); accept && !accepts_sdp(*accept)) return error_response(406);
     int ignored = 0;
-    if (Session* s = session_for(req, false, ignored)) touch(*s);
+    if (Session* s = session_for(c, req, false, ignored)) touch(*s);
 
     auto d = backend_.describe(u->asset);
     if (!d) return backend_error(d.error());
@@ -759,7 +762,7 @@ Response RtspServer::handle_setup(Connection& c, const Request& req) {
     }
 
     int status = 0;
-    Session* existing = session_for(req, false, status);
+    Session* existing = session_for(c, req, false, status);
     if (status) return error_response(status);
     if (existing && existing->asset != u->asset) return error_response(454);
     if (!existing) {
@@ -817,7 +820,7 @@ Response RtspServer::handle_setup(Connection& c, const Request& req) {
 
 // PLAY, PAUSE and TEARDOWN: the request must name a session of ours, on that session's asset
 // (or on the aggregate URL); a request that does keeps the session alive.
-RtspServer::Session* RtspServer::session_of_request(const Request& req, int& status) {
+RtspServer::Session* RtspServer::session_of_request(const Connection& c, const Request& req, int& status) {
     auto u = parse_request_uri(req.uri);
     if (!u) {
         status = uri_status(u.error());
@@ -827,7 +830,7 @@ RtspServer::Session* RtspServer::session_of_request(const Request& req, int& sta
         status = 400;
         return nullptr;
     }
-    Session* s = session_for(req, true, status);
+    Session* s = session_for(c, req, true, status);
     if (!s) return nullptr;
     if (!u->asset.empty() && u->asset != s->asset) {
         status = 454;
@@ -837,9 +840,9 @@ RtspServer::Session* RtspServer::session_of_request(const Request& req, int& sta
     return s;
 }
 
-Response RtspServer::handle_play(Connection&, const Request& req) {
+Response RtspServer::handle_play(Connection& c, const Request& req) {
     int status = 0;
-    Session* s = session_of_request(req, status);
+    Session* s = session_of_request(c, req, status);
     if (!s) return error_response(status);
     std::optional<Range> range;
     if (const std::string* h = req.header("Range")) {
@@ -867,9 +870,9 @@ Response RtspServer::handle_play(Connection&, const Request& req) {
     return r;
 }
 
-Response RtspServer::handle_pause(Connection&, const Request& req) {
+Response RtspServer::handle_pause(Connection& c, const Request& req) {
     int status = 0;
-    Session* s = session_of_request(req, status);
+    Session* s = session_of_request(c, req, status);
     if (!s) return error_response(status);
     std::string id = s->id;
     if (auto st = backend_.pause(id); !st) {
@@ -881,9 +884,9 @@ Response RtspServer::handle_pause(Connection&, const Request& req) {
     return r;
 }
 
-Response RtspServer::handle_teardown(Connection&, const Request& req) {
+Response RtspServer::handle_teardown(Connection& c, const Request& req) {
     int status = 0;
-    Session* s = session_of_request(req, status);
+    Session* s = session_of_request(c, req, status);
     if (!s) return error_response(status);
     std::string id = s->id;
     Status st = backend_.teardown(id);
@@ -895,9 +898,9 @@ Response RtspServer::handle_teardown(Connection&, const Request& req) {
     return Response(200);
 }
 
-Response RtspServer::handle_parameter(Connection&, const Request& req) {
+Response RtspServer::handle_parameter(Connection& c, const Request& req) {
     int status = 0;
-    Session* s = session_for(req, false, status);
+    Session* s = session_for(c, req, false, status);
     if (status) return error_response(status);
     if (s) touch(*s);
     // An empty GET_PARAMETER or SET_PARAMETER is the keepalive ffmpeg and VLC send. No named

@@ -174,8 +174,9 @@ public:
     // For the engine: RTCP receiver reports from the client also prove it alive. ESRCH if unknown.
     Status touch_session(const std::string& id);
     // Takes over a session created elsewhere (replicated from the failover partner), so that
-    // requests and the timeout apply to it. EEXIST, EINVAL (bad id or asset), ENOSPC (max_sessions).
-    Status adopt_session(const std::string& id, const std::string& asset, TransportKind kind);
+    // requests and the timeout apply to it; only `client` may control it (INADDR_ANY: anyone).
+    // EEXIST, EINVAL (bad id or asset), ENOSPC (max_sessions).
+    Status adopt_session(const std::string& id, const std::string& asset, TransportKind kind, in_addr client = {});
     // Forgets a session the engine ended on its own, without calling teardown. ESRCH if unknown.
     Status forget_session(const std::string& id);
 
@@ -215,8 +216,8 @@ private:
 
     // The session named by the request's Session header, checked against the URI's asset;
     // on failure `status` is the answer (454, 400).
-    Session* session_for(const Request& req, bool required, int& status);
-    Session* session_of_request(const Request& req, int& status);
+    Session* session_for(const Connection& c, const Request& req, bool required, int& status);
+    Session* session_of_request(const Connection& c, const Request& req, int& status);
     Status add_session(const std::string& id, const std::string& asset, TransportKind kind,
                        std::string control_url, uint64_t owner, uint32_t client_ip);
     void end_session(const std::string& id);
