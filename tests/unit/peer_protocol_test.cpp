@@ -103,6 +103,20 @@ TEST(PeerProtocol, ReplayGuard) {
     EXPECT_EQ(g.check(restarted, now), ReplayGuard::Verdict::kAccept);
 }
 
+TEST(PeerProtocol, EachPathSignsWithItsOwnKey) {
+    auto priv = path_key(kKey, PeerPath::kPrivate), lan = path_key(kKey, PeerPath::kLan);
+    EXPECT_EQ(priv.size(), 32u);
+    EXPECT_NE(priv, lan);
+    EXPECT_NE(priv, kKey);
+    EXPECT_EQ(priv, path_key(kKey, PeerPath::kPrivate));  // both servers derive the same
+    // A message captured on the stream LAN does not verify on the private path, and back.
+    auto on_lan = *encode(msg(1, StopOrder{1}), lan);
+    EXPECT_TRUE(decode(on_lan, lan).ok());
+    EXPECT_EQ(decode(on_lan, priv).error().code, EPERM);
+    std::vector<uint8_t> other(32, 0x11);
+    EXPECT_NE(path_key(other, PeerPath::kPrivate), priv);  // another pair's key, another path key
+}
+
 TEST(PeerProtocol, LimitsAndKeys) {
     Heartbeat big;
     big.progress.resize(kMaxProgressEntries + 1);

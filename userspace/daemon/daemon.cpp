@@ -469,6 +469,7 @@ dbus::Dict Daemon::failover_dict() const {
         {"peer_stale", st.peer.stale},
         {"peer_clock_skew", st.peer.clock_skew},
         {"peer_wrong_source", st.peer.wrong_source},
+        {"peer_reflected", st.peer.reflected},
         {"last_error", st.last_error},
     };
     return d;

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
 #include <net/if.h>
 #include <sys/ioctl.h>
 #include <poll.h>
@@ -50,13 +51,68 @@ constexpr int64_t kSyncCleanRttNs = 500'000;    // a round trip this short ends 
 // the two servers' clock offset, which failover-sync bounds at 1 ms.
 constexpr int64_t kLeaseMarginNs = 2'000'000;
 
-[[maybe_unused]] std::string ip_text(in_addr a) {
+std::string ip_text(in_addr a) {
     char b[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &a, b, sizeof b);
     return b;
 }
 
 fo::FoState fo_of(State s) { return {fo::Type(type_of(s)), fo::State(fostate_of(s))}; }
+
+// Datagrams read from one peer socket per heartbeat period, at most: a flood of forged messages
+// then costs the real-time thread a bounded share of its time (the kernel drops the rest), and
+// the other path, not flooded, keeps the pair alive.
+constexpr int kReceiveBudgetPerPeriod = 64;
+
+// This host's address toward `dst` and the interface that holds it (the route the kernel picks).
+Result<std::pair<in_addr, std::string>> local_toward(in_addr dst) {
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return errno_error("socket");
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr = dst;
+    a.sin_port = htons(9);
+    sockaddr_in local{};
+    socklen_t len = sizeof local;
+    bool ok = connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+              getsockname(s, reinterpret_cast<sockaddr*>(&local), &len) == 0;
+    int err = errno;
+    close(s);
+    if (!ok) return errno_error("no route to " + ip_text(dst), err);
+    ifaddrs* list = nullptr;
+    if (getifaddrs(&list) != 0) return errno_error("getifaddrs");
+    std::string ifname;
+    for (ifaddrs* i = list; i; i = i->ifa_next)
+        if (i->ifa_addr && i->ifa_addr->sa_family == AF_INET &&
+            reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr.s_addr == local.sin_addr.s_addr)
+            ifname = i->ifa_name;
+    freeifaddrs(list);
+    if (ifname.empty()) return make_error(EADDRNOTAVAIL, "no interface holds " + ip_text(local.sin_addr));
+    return std::make_pair(local.sin_addr, ifname);
+}
+
+// A peer socket bound to one address and interface: what arrives for it on another interface
+// (a LAN host sending to the private address: Linux accepts any local address on any interface)
+// never reaches it.
+Result<int> peer_socket(in_addr addr, uint16_t port, const std::string& ifname) {
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return errno_error("peer socket");
+    int one = 1, prio = 6;  // heartbeats first in the host's own queues
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_PRIORITY, &prio, sizeof prio);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr = addr;
+    a.sin_port = htons(port);
+    if ((!ifname.empty() && setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, ifname.c_str(), socklen_t(ifname.size())) < 0) ||
+        bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0) {
+        Error e = errno_error("peer socket on " + ip_text(addr) + ":" + std::to_string(port) +
+                              (ifname.empty() ? "" : " (" + ifname + ")"));
+        close(fd);
+        return e;
+    }
+    return fd;
+}
 
 }  // namespace
 
@@ -66,9 +122,14 @@ struct Controller::Impl {
     gate::Gate* gate;
     fo::Backend* backend;
 
-    int sock = -1;      // private path (and any address)
+    int sock = -1;      // private path: bound to our private address on its interface (-1 until routable)
     int lan_sock = -1;  // bound to our admin IP: LAN-path messages never leave from the stream IP
+    int ctl_fd = -1;    // for interface ioctls
     int wake_fd = -1;
+    std::atomic<bool> rebind_private{true};  // (re)bind sock: at start, after the partner changed
+    std::atomic<int64_t> next_bind_try{0};
+    int budget[2] = {kReceiveBudgetPerPeriod, kReceiveBudgetPerPeriod};  // per path, per period
+    std::vector<uint8_t> key_of[2];  // path_key() of each path
     std::thread thread;
     std::atomic<bool> stop{false};
     uint64_t epoch = 0;
@@ -127,9 +188,10 @@ struct Controller::Impl {
     void send_on(Path p, const Body& body) {
         std::lock_guard sl(send_mu);
         std::optional<in_addr> to = p == Path::kPrivate ? opts.partner_private : opts.partner_admin;
-        if (!to || opts.key.empty()) return;
+        int fd = p == Path::kPrivate ? sock : lan_sock;
+        if (!to || opts.key.empty() || fd < 0) return;
         Message m{epoch, ++seq[int(p)], realtime_ns(), body};
-        auto wire = encode(m, opts.key);
+        auto wire = encode(m, key_of[int(p)]);
         if (!wire) {
             ++send_errors;
             return;
@@ -138,7 +200,6 @@ struct Controller::Impl {
         a.sin_family = AF_INET;
         a.sin_addr = *to;
         a.sin_port = htons(opts.peer_port);
-        int fd = (p == Path::kLan && lan_sock >= 0) ? lan_sock : sock;
         if (sendto(fd, wire->data(), wire->size(), MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0)
             ++send_errors;
         else
@@ -215,6 +276,7 @@ struct Controller::Impl {
         int64_t next_tick = monotonic_ns();
         while (!stop.load()) {
             int64_t now = monotonic_ns();
+            if (rebind_private.load() && now >= next_bind_try) bind_private(now);
             int64_t wake = next_tick;
             if (state_is(State::kSecondary)) {
                 // Wake exactly when the partner's silence reaches the limit, not at the next tick.
@@ -222,7 +284,9 @@ struct Controller::Impl {
                 if (deadline > now) wake = std::min(wake, deadline);
             }
             int64_t wait = std::max<int64_t>(0, wake - now);
-            pollfd fds[5] = {{sock, POLLIN, 0}, {wake_fd, POLLIN, 0}, {lan_sock, POLLIN, 0},
+            // A path that spent its budget this period is not read until the next one.
+            pollfd fds[5] = {{budget[0] > 0 ? sock : -1, POLLIN, 0}, {wake_fd, POLLIN, 0},
+                             {budget[1] > 0 ? lan_sock : -1, POLLIN, 0},
                              {backend ? backend->notify_fd() : -1, POLLIN, 0}, {frames_fd, POLLIN, 0}};
             timespec ts = ns_to_timespec(wait);
             int n = ppoll(fds, 5, &ts, nullptr);  // negative fds are ignored
@@ -230,8 +294,8 @@ struct Controller::Impl {
                 uint64_t v;
                 (void)!read(wake_fd, &v, sizeof v);
             }
-            if (n > 0 && (fds[0].revents & POLLIN)) receive_all(sock);
-            if (n > 0 && (fds[2].revents & POLLIN)) receive_all(lan_sock);
+            if (n > 0 && (fds[0].revents & POLLIN)) receive(sock, budget[0]);
+            if (n > 0 && (fds[2].revents & POLLIN)) receive(lan_sock, budget[1]);
             if (n > 0 && (fds[3].revents & POLLIN)) (void)backend->dispatch();
             if (n > 0 && (fds[4].revents & POLLIN)) {
                 std::lock_guard lk(mu);
@@ -239,6 +303,7 @@ struct Controller::Impl {
             }
             now = monotonic_ns();
             if (now >= next_tick) {
+                budget[0] = budget[1] = kReceiveBudgetPerPeriod;
                 tick(now);
                 next_tick += period_ns();
                 if (next_tick < now) next_tick = now + period_ns();  // we were stalled: do not burst
@@ -249,30 +314,61 @@ struct Controller::Impl {
         }
     }
 
-    void receive_all(int fd) {
+    // Reads what waits on one peer socket, within the path's budget for this period.
+    void receive(int fd, int& left) {
         uint8_t buf[kPeerMaxDatagram + 1];
-        for (;;) {
+        while (left > 0) {
             sockaddr_in from{};
             socklen_t fl = sizeof from;
             ssize_t n = recvfrom(fd, buf, sizeof buf, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from), &fl);
             if (n < 0) return;
+            --left;
             handle_datagram(std::span<const uint8_t>(buf, size_t(n)), from);
         }
     }
 
-    void handle_datagram(std::span<const uint8_t> d, const sockaddr_in& from) {
-        std::unique_lock lk(mu);
-        auto m = decode(d, opts.key);
-        if (!m) {
-            if (m.error().code == EPERM) ++st.peer.bad_auth;
-            else ++st.peer.malformed;
+    // The private path's socket, on our address toward the partner's private address. Retried
+    // every second while there is no route (the private link may come up later).
+    void bind_private(int64_t now) {
+        std::lock_guard lk(mu);
+        std::lock_guard sl(send_mu);
+        if (sock >= 0) close(sock);
+        sock = -1;
+        if (!opts.partner_private) {
+            rebind_private = false;
             return;
         }
+        auto local = local_toward(*opts.partner_private);
+        auto fd = local ? peer_socket(local->first, opts.peer_port, local->second) : Result<int>(local.error());
+        if (!fd) {
+            st.last_error = "private path: " + fd.error().message + " (retrying)";
+            next_bind_try = now + 1'000'000'000;
+            return;
+        }
+        sock = *fd;
+        rebind_private = false;
+    }
+
+    void handle_datagram(std::span<const uint8_t> d, const sockaddr_in& from) {
+        std::unique_lock lk(mu);
+        // The source first: a datagram from anyone but the partner costs no HMAC.
         Path p;
         if (opts.partner_private && from.sin_addr.s_addr == opts.partner_private->s_addr) p = Path::kPrivate;
         else if (opts.partner_admin && from.sin_addr.s_addr == opts.partner_admin->s_addr) p = Path::kLan;
         else {
             ++st.peer.wrong_source;
+            return;
+        }
+        if (opts.key.empty()) return;
+        auto m = decode(d, key_of[int(p)]);
+        if (!m) {
+            if (m.error().code == EPERM) ++st.peer.bad_auth;
+            else ++st.peer.malformed;
+            return;
+        }
+        // Our own message sent back to us (its source forged to be the partner's): refused.
+        if (m->epoch == epoch) {
+            ++st.peer.reflected;
             return;
         }
         switch (guard[int(p)].check(*m, realtime_ns())) {
@@ -495,7 +591,7 @@ struct Controller::Impl {
     bool link_up(const std::string& ifname) const {
         ifreq ifr{};
         std::strncpy(ifr.ifr_name, ifname.c_str(), IFNAMSIZ - 1);
-        if (ioctl(sock, SIOCGIFFLAGS, &ifr) != 0) return false;
+        if (ioctl(ctl_fd, SIOCGIFFLAGS, &ifr) != 0) return false;
         return (ifr.ifr_flags & IFF_UP) && (ifr.ifr_flags & IFF_RUNNING);
     }
 
@@ -516,7 +612,7 @@ struct Controller::Impl {
         if (now < next_prebuilt_ns) return;
         next_prebuilt_ns = now + kPrebuiltRefreshNs;
         Message m{epoch, ++prebuilt_seq, now, FailoverNotice{uint8_t(FailureReason::kCriticalProcess), "oneframed died"}};
-        auto wire = encode(m, opts.key);
+        auto wire = encode(m, key_of[int(Path::kPrivate)]);  // the holder sends it on the private path
         if (!wire) return;
         fo::FailoverMessage fm;
         fm.dest.sin_family = AF_INET;
@@ -618,6 +714,7 @@ Controller::~Controller() {
     if (impl_->thread.joinable()) impl_->thread.join();
     if (impl_->sock >= 0) close(impl_->sock);
     if (impl_->lan_sock >= 0) close(impl_->lan_sock);
+    if (impl_->ctl_fd >= 0) close(impl_->ctl_fd);
     if (impl_->wake_fd >= 0) close(impl_->wake_fd);
 }
 
@@ -639,26 +736,18 @@ Result<std::unique_ptr<Controller>> Controller::create(ControllerOptions options
     auto impl = std::make_unique<Impl>(std::move(options), engine, gate, backend);
     if (getrandom(&impl->epoch, sizeof impl->epoch, 0) != sizeof impl->epoch) impl->epoch = uint64_t(realtime_ns());
 
-    impl->sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (impl->sock < 0) return errno_error("peer socket");
-    int one = 1;
-    setsockopt(impl->sock, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    int prio = 6;  // heartbeats first in the host's own queues
-    setsockopt(impl->sock, SOL_SOCKET, SO_PRIORITY, &prio, sizeof prio);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(impl->opts.peer_port);
-    if (bind(impl->sock, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0)
-        return errno_error("peer socket: bind port " + std::to_string(impl->opts.peer_port));
+    if (!impl->opts.key.empty())
+        for (Path p : {Path::kPrivate, Path::kLan})
+            impl->key_of[int(p)] = path_key(impl->opts.key, p == Path::kPrivate ? PeerPath::kPrivate : PeerPath::kLan);
+    impl->ctl_fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (impl->ctl_fd < 0) return errno_error("control socket");
+    // The private path's socket is bound by the controller's thread (bind_private): its address is
+    // our route toward the partner, which set_config_type may change and which a link that is down
+    // at start does not have yet. The stream LAN's is on our admin address, on the stream interface.
     if (impl->opts.admin_ip) {
-        impl->lan_sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        if (impl->lan_sock < 0) return errno_error("peer socket (stream LAN)");
-        setsockopt(impl->lan_sock, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        setsockopt(impl->lan_sock, SOL_SOCKET, SO_PRIORITY, &prio, sizeof prio);
-        sockaddr_in la = a;
-        la.sin_addr = *impl->opts.admin_ip;
-        if (bind(impl->lan_sock, reinterpret_cast<sockaddr*>(&la), sizeof la) < 0)
-            return errno_error("peer socket: bind admin address " + ip_text(*impl->opts.admin_ip));
+        auto fd = peer_socket(*impl->opts.admin_ip, impl->opts.peer_port, impl->opts.stream_interface);
+        if (!fd) return make_error(fd.error().code, "stream LAN path: " + fd.error().message);
+        impl->lan_sock = *fd;
     }
     impl->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (impl->wake_fd < 0) return errno_error("eventfd");
@@ -739,7 +828,11 @@ Result<State> Controller::set_config_type(bool primary, const TypeSettings& t) {
         return make_error(EINVAL, "a failover pair needs a peer key (peer_key_file in the config)");
     if (auto s = impl_->move_to(o.next); !s) return s.error();
     std::lock_guard sl(impl_->send_mu);
-    if (t.partner_private) impl_->opts.partner_private = t.partner_private;
+    if (t.partner_private) {
+        impl_->opts.partner_private = t.partner_private;
+        impl_->rebind_private = true;  // the controller's thread binds toward the new partner
+        impl_->next_bind_try = 0;
+    }
     if (t.partner_admin) impl_->opts.partner_admin = t.partner_admin;
     if (t.heartbeat_ms) impl_->opts.heartbeat_ms = *t.heartbeat_ms;
     if (t.max_missed) impl_->opts.max_missed = *t.max_missed;
@@ -843,7 +936,7 @@ void Controller::replicate_reply(const ConnReply& reply) {
     // One message if it fits; else the decisions go first on their own and the answer after them
     // (the partner then cannot complete this answer should it be cut on the wire).
     Message probe{0, 1, 0, reply};
-    if (!impl_->opts.key.empty() && !encode(probe, impl_->opts.key)) {
+    if (!impl_->opts.key.empty() && !encode(probe, impl_->key_of[0])) {
         ++impl_->replies_oversized;
         for (auto& r : reply.records) impl_->send_both(r);
         ConnReply bare = reply;

@@ -98,7 +98,8 @@ struct PeerCounters {
     uint64_t replayed = 0;
     uint64_t stale = 0;           // outside the window, or an old epoch
     uint64_t clock_skew = 0;
-    uint64_t wrong_source = 0;    // authenticated, but not from the partner's addresses
+    uint64_t wrong_source = 0;    // not from the partner's addresses (dropped before authentication)
+    uint64_t reflected = 0;       // authentic, but our own (sent back to us with a forged source)
     uint64_t send_errors = 0;
 };
 

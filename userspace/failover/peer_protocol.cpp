@@ -325,6 +325,12 @@ ReplayGuard::Verdict ReplayGuard::check(const Message& m, int64_t now_ns) {
     return Verdict::kAccept;
 }
 
+std::vector<uint8_t> path_key(std::span<const uint8_t> key, PeerPath path) {
+    std::string label = path == PeerPath::kPrivate ? "oneframe peer path private" : "oneframe peer path stream LAN";
+    auto k = tag_of(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(label.data()), label.size()), key);
+    return {k.begin(), k.end()};
+}
+
 Result<std::vector<uint8_t>> parse_key_hex(const std::string& text) {
     std::string hex;
     for (char c : text)

@@ -149,6 +149,13 @@ private:
     bool any_ = false;
 };
 
+// The two paths between the servers of a pair. Each signs with its own key, derived from the pair's
+// key, so that a message captured on one path cannot be replayed on the other (each path keeps
+// its own replay window).
+enum class PeerPath : uint8_t { kPrivate = 0, kLan = 1 };
+// HMAC-SHA256(key, "oneframe peer path <name>"): 32 bytes.
+std::vector<uint8_t> path_key(std::span<const uint8_t> key, PeerPath path);
+
 // Reads a key file: hex, 32..128 hex digits (16..64 bytes), surrounding whitespace ignored.
 Result<std::vector<uint8_t>> load_key_file(const std::string& path);
 Result<std::vector<uint8_t>> parse_key_hex(const std::string& text);

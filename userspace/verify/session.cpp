@@ -69,15 +69,30 @@ struct Loop {
     int64_t keepalive_interval_ns = 30'000'000'000;
     std::string keepalive_url;
     bool use_options = false;  // the server refused GET_PARAMETER: keep alive with OPTIONS
+    // The keepalive awaiting its answer (plain fields: gcc -O2 misjudges an optional here); the
+    // session waits for it after the run, so one sent just before the stream ended still counts.
+    bool pending = false;
+    uint32_t pending_cseq = 0;
+
+    // Waits (bounded) for the answer to a keepalive still pending when the run ended.
+    void finish_keepalive(int timeout_ms) {
+        if (!rtsp || !pending) return;
+        pending = false;
+        auto r = rtsp->wait(pending_cseq, timeout_ms);
+        if (r && ok2xx(*r)) {
+            ++info.keepalives_answered;
+            return;
+        }
+        ++info.keepalive_failures;
+        if (!r && r.error().code == ETIMEDOUT && info.control_end.empty()) info.control_end = "timeout";
+        event(opt, "keepalive: " + (r ? status_text(*r) : r.error().message));
+    }
 
     Status run() {
         const int64_t start = monotonic_ns();
         const int64_t end = opt.duration_s > 0 ? start + seconds_ns(opt.duration_s) : INT64_MAX;
         int64_t last_rx = 0;  // monotonic time of the last datagram, 0 before the first
         int64_t next_keepalive = start + keepalive_interval_ns;
-        // The keepalive awaiting its answer (plain fields: gcc -O2 misjudges an optional here).
-        bool pending = false;
-        uint32_t pending_cseq = 0;
         int64_t pending_deadline = 0;
         bool bye = false;
 
@@ -304,6 +319,7 @@ Result<RunInfo> run(const RunOptions& opt, Analyzer& an) {
                                                          : int64_t(std::max(1, sess->timeout_s / 2)) * 1'000'000'000;
         loop.keepalive_url = aggregate;
         auto st = loop.run();
+        loop.finish_keepalive(opt.rtsp.response_timeout_ms);
         info.socket_drops = rtp.drops();
         info.truncated = rtp.truncated();
         return st;
