@@ -44,6 +44,7 @@ _Static_assert(sizeof(struct gate_flow_key) == 8, "gate_flow_key layout");
 _Static_assert(sizeof(struct gate_flow_rule) == 8, "gate_flow_rule layout");
 _Static_assert(sizeof(struct gate_seen) == 32, "gate_seen layout");
 _Static_assert(sizeof(struct gate_tcp_hold) == 8, "gate_tcp_hold layout");
+_Static_assert(sizeof(struct gate_fence_token) == 28, "gate_fence_token layout");
 _Static_assert(sizeof(struct gate_tcp_frame) == 16 + GATE_TCP_FRAME_MAX, "gate_tcp_frame layout");
 _Static_assert(GATE_COUNTER__COUNT <= GATE_COUNTER_SLOTS, "counter slots");
 
@@ -80,6 +81,13 @@ struct {
 	__type(key, struct gate_flow_key);
 	__type(value, struct gate_seen);
 } gate_seen SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct gate_fence_token);
+} gate_fence_token SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -576,6 +584,29 @@ static __always_inline void copy_tcp_frame(struct __sk_buff *skb, __u64 now)
 	count(GATE_INFO_TCP_FRAME);
 }
 
+enum { NOT_TO_TOKEN_PORT, ANNOUNCEMENT, FORGED };
+
+/* A partner datagram to the token's address and port announces its takeover if its payload
+ * starts with the token; without it, it is forged (any LAN host can spoof the stream IP). */
+static __always_inline int announcement(struct __sk_buff *skb, const struct frame *f)
+{
+	__u32 k = 0;
+	struct gate_fence_token *t = bpf_map_lookup_elem(&gate_fence_token, &k);
+	__u8 got[GATE_FENCE_TOKEN_BYTES];
+	__u8 diff = 0;
+
+	if (!t || !READ_ONCE(t->valid) || f->key.daddr != READ_ONCE(t->daddr) ||
+	    f->key.dport != READ_ONCE(t->port))
+		return NOT_TO_TOKEN_PORT;
+	if (f->payload_len < GATE_FENCE_TOKEN_BYTES ||
+	    bpf_skb_load_bytes(skb, f->payload_off, got, sizeof(got)) < 0)
+		return FORGED;
+#pragma unroll
+	for (int i = 0; i < GATE_FENCE_TOKEN_BYTES; i++)
+		diff |= got[i] ^ t->token[i];
+	return diff ? FORGED : ANNOUNCEMENT;
+}
+
 SEC("tc")
 int gate_ingress(struct __sk_buff *skb)
 {
@@ -583,7 +614,7 @@ int gate_ingress(struct __sk_buff *skb)
 	struct gate_partner *p;
 	__u32 k = 0;
 	__u64 now;
-	int arms_fence = 1;
+	int arms_fence;
 
 	if (service_tcp(skb))
 		copy_tcp_frame(skb, bpf_ktime_get_ns());
@@ -595,13 +626,22 @@ int gate_ingress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 	now = bpf_ktime_get_ns();
+	arms_fence = 0;
 	if (f.has_flow) {
-		record_seen(skb, &f, now);
-		/* A ruled flow is being handed over by agreement: both sides transmit parts of it,
-		 * which is not a takeover. */
-		if (bpf_map_lookup_elem(&gate_flows, &f.key)) {
-			arms_fence = 0;
-			count(GATE_INFO_PARTNER_RULED);
+		int a = announcement(skb, &f);
+
+		/* Only the announcement arms the fence; it and its forgeries are not viewers' flows. */
+		if (a == ANNOUNCEMENT) {
+			arms_fence = 1;
+			count(GATE_INFO_FENCE_ANNOUNCE);
+		} else if (a == FORGED) {
+			count(GATE_INFO_FENCE_FORGED);
+		} else {
+			record_seen(skb, &f, now);
+			/* A ruled flow is being handed over by agreement: both sides transmit parts
+			 * of it. */
+			if (bpf_map_lookup_elem(&gate_flows, &f.key))
+				count(GATE_INFO_PARTNER_RULED);
 		}
 	}
 	p = bpf_map_lookup_elem(&gate_partner, &k);

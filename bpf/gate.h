@@ -18,7 +18,7 @@
 
 /* Incremented on any change to a map's type, key, value or meaning. A gate refuses pinned maps
  * written with another version (see "Versioning" in docs/gate-protocol.md). */
-#define GATE_ABI_VERSION 2
+#define GATE_ABI_VERSION 3
 
 /* Pin layout: <pin root>/<ifname>/<map name>. */
 #define GATE_PIN_ROOT_DEFAULT "/sys/fs/bpf/oneframe"
@@ -29,6 +29,7 @@
 #define GATE_MAP_COUNTERS "gate_counters"
 #define GATE_MAP_TCP_HELD "gate_tcp_held"
 #define GATE_MAP_TCP_FRAMES "gate_tcp_frames" /* ring buffer; not pinned (one per loaded gate) */
+#define GATE_MAP_FENCE_TOKEN "gate_fence_token"
 
 /* Map sizes. A full gate_flows refuses new rules (E2BIG); gate_seen evicts the least recently
  * seen flow. */
@@ -64,8 +65,22 @@ struct gate_ctl {
 
 /* gate_partner, key 0 (ARRAY, 1 entry). Written only by gate_ingress. */
 struct gate_partner {
-	__u64 tx_ns;	  /* last partner frame that arms the fence (not of a ruled flow) */
+	__u64 tx_ns;	  /* last partner takeover announcement (the only frame that arms the fence) */
 	__u64 any_ns;	  /* last partner frame of any kind */
+};
+
+#define GATE_FENCE_TOKEN_BYTES 16
+
+/* gate_fence_token, key 0 (ARRAY, 1 entry). Written only by userspace. The partner announces its
+ * takeover with a UDP datagram from the stream IP to daddr:port whose payload starts with `token`, a
+ * secret it shares with us (derived from the pair's key: docs/failover.md); only that arms the
+ * fence. Any host on the LAN can forge the stream IP as a source, so no other frame may. */
+struct gate_fence_token {
+	__u32 valid;				/* 1: the fields below are set */
+	__u32 daddr;				/* our admin IPv4 address, network byte order */
+	__u16 port;				/* UDP destination port, network byte order */
+	__u16 pad;
+	__u8 token[GATE_FENCE_TOKEN_BYTES];
 };
 
 /* Key of gate_flows and gate_seen: a client's UDP destination. */
@@ -149,7 +164,9 @@ enum gate_counter {
 	GATE_EG_DROP_TCP_HELD = 20,    /* FIN or RST of a connection in gate_tcp_held */
 	GATE_INFO_TCP_FRAME = 21,      /* service TCP frames copied to gate_tcp_frames */
 	GATE_INFO_TCP_FRAME_LOST = 22, /* ... not copied: the ring was full or the frame too long */
-	GATE_COUNTER__COUNT = 23,
+	GATE_INFO_FENCE_ANNOUNCE = 23, /* partner takeover announcements with our token (armed it) */
+	GATE_INFO_FENCE_FORGED = 24,   /* partner frames to the token port without it (ignored) */
+	GATE_COUNTER__COUNT = 25,
 };
 
 #endif /* ONEFRAME_BPF_GATE_H */

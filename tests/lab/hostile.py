@@ -9,6 +9,9 @@ hostile.py reflect-replay       capture srv1's heartbeats to srv2 on the hub; se
                                 (replayed)
 hostile.py icmp CLIENT PORT RTP  ICMP port unreachable "from" CLIENT for the stream IP's datagrams
                                 from RTP to CLIENT:PORT (as if the viewer had gone)
+hostile.py fence COUNT          frames "from" the stream IP, as if the partner had taken over: RTP
+                                to a client and forged takeover announcements (random tokens) to
+                                both servers' admin addresses, COUNT of each
 Prints one JSON object of what it sent.
 """
 import json
@@ -131,11 +134,26 @@ def icmp_unreachable(client, port, rtp_port, count=50):
     return {"icmp_sent": sent}
 
 
+def forged_fence(count):
+    s = raw_sender()
+    rtp = forged = 0
+    for i in range(count):
+        payload = struct.pack("!BBHII", 0x80, 33, i & 0xFFFF, i * 3600, 0x1234) + b"\x47" + os.urandom(187)
+        rtp += send_spoofed(s, udp_packet(STREAM_IP, 6970, "10.77.0.102", 5000, payload), "10.77.0.102")
+        for n in ("srv1", "srv2"):
+            forged += send_spoofed(s, udp_packet(STREAM_IP, PEER_PORT, ADMIN[n], PEER_PORT, os.urandom(16)), ADMIN[n])
+        if i % 50 == 49:
+            time.sleep(0.01)
+    return {"stream_ip_rtp": rtp, "forged_announcements": forged}
+
+
 def main(argv):
     if len(argv) == 3 and argv[1] == "flood":
         r = flood(float(argv[2]))
     elif len(argv) == 2 and argv[1] == "reflect-replay":
         r = reflect_replay()
+    elif len(argv) == 3 and argv[1] == "fence":
+        r = forged_fence(int(argv[2]))
     elif len(argv) == 5 and argv[1] == "icmp":
         r = icmp_unreachable(argv[2], int(argv[3]), int(argv[4]))
     else:

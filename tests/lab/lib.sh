@@ -275,6 +275,8 @@ pair_fault() {
       rtp_first_seq: .rtp.first_seq, rtp_last_seq: .rtp.last_seq,
       srv1_lease_drops: $s1.gate_eg_drop_lease, srv1_lease_waits: $s1.lease_waits, srv1_state: $s1.failover_state,
       srv1_tcp_held_drops: $s1.gate_eg_drop_tcp_held,
-      srv2_lease_drops: $s2.gate_eg_drop_lease, srv2_fence_drops: $s2.gate_eg_drop_fence
+      srv2_lease_drops: $s2.gate_eg_drop_lease, srv2_fence_drops: $s2.gate_eg_drop_fence,
+      srv2_announcements: $s2.takeover_announcements_sent, srv1_announcements_heard: $s1.gate_info_fence_announce,
+      srv1_fence_drops: $s1.gate_eg_drop_fence, srv1_last_error: $s1.last_error
     }' "$WORK/v-$fault.json" >"$out"
 }

@@ -535,17 +535,34 @@ TEST_F(GateProg, FragmentsFollowTheRole) {
     EXPECT_EQ(counters()[GATE_INFO_FRAGMENT], 3u);
 }
 
-TEST_F(GateProg, FenceStopsAnActiveGateOnceThePartnerTransmits) {
+// The partner's takeover announcement: from the stream IP to our admin address and the token's
+// port, the token first in its payload (bytes after it are ignored).
+constexpr uint16_t kTokenPort = 7400;
+const Bytes kToken = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+Bytes announcement(Bytes payload = kToken) { return udp_frame(kStream, kAdmin, kTokenPort, payload); }
+std::span<const uint8_t, GATE_FENCE_TOKEN_BYTES> token_span(const Bytes& t) {
+    return std::span<const uint8_t, GATE_FENCE_TOKEN_BYTES>(t.data(), GATE_FENCE_TOKEN_BYTES);
+}
+
+TEST_F(GateProg, FenceStopsAnActiveGateOnceThePartnerAnnouncesItsTakeover) {
     ok(gate->set_role(Role::Active));
     ok(gate->set_fence(true, 0ns));
+    ok(gate->set_fence_token(token_span(kToken), kAdmin, kTokenPort));
     EXPECT_EQ(egress(rtp_frame(1)), kOk);
-    // The partner's frame of a flow we own by role arrives from the hub.
+    // A frame from the stream IP proves nothing (any LAN host can send one): no trip.
     EXPECT_EQ(ingress(rtp_frame(2)), kShot);
+    EXPECT_FALSE(*gate->fence_tripped());
+    EXPECT_EQ(egress(rtp_frame(2)), kOk);
+    // The announcement does.
+    Bytes with_tail = kToken;
+    with_tail.push_back(0xee);
+    EXPECT_EQ(ingress(announcement(with_tail)), kShot);
     auto p = gate->partner();
     ASSERT_TRUE(p.ok());
     EXPECT_GT(p->tx_ns, 0);
     EXPECT_EQ(p->tx_ns, p->any_ns);
     EXPECT_TRUE(*gate->fence_tripped());
+    EXPECT_EQ(gate->seen(Flow{kAdmin, kTokenPort}).error().code, ENOENT);  // not a viewer's flow
     EXPECT_EQ(egress(rtp_frame(3)), kShot);
     EXPECT_EQ(egress(arp_frame(2, kStream, kClient)), kShot);
     EXPECT_EQ(egress(udp_frame(kAdmin, kClient, kPort, rtp(1))), kOk);  // ungated unaffected
@@ -556,20 +573,50 @@ TEST_F(GateProg, FenceStopsAnActiveGateOnceThePartnerTransmits) {
     ok(gate->rearm_fence());
     EXPECT_FALSE(*gate->fence_tripped());
     EXPECT_EQ(egress(rtp_frame(4)), kOk);
-    // Fence off: the partner's frames no longer matter.
-    EXPECT_EQ(ingress(rtp_frame(5)), kShot);
+    // Fence off: announcements no longer matter.
+    EXPECT_EQ(ingress(announcement()), kShot);
     EXPECT_EQ(egress(rtp_frame(6)), kShot);
     ok(gate->set_fence(false));
     EXPECT_EQ(egress(rtp_frame(6)), kOk);
     auto n = counters();
     EXPECT_EQ(n[GATE_EG_DROP_FENCE], 3u);
-    EXPECT_EQ(n[GATE_IN_PARTNER], 2u);
+    EXPECT_EQ(n[GATE_IN_PARTNER], 3u);
+    EXPECT_EQ(n[GATE_INFO_FENCE_ANNOUNCE], 2u);
+    EXPECT_EQ(n[GATE_INFO_FENCE_FORGED], 0u);
+}
+
+TEST_F(GateProg, ForgedAnnouncementsDoNotArmTheFence) {
+    ok(gate->set_role(Role::Active));
+    ok(gate->set_fence(true, 0ns));
+    // No token installed: nothing arms the fence, not even the right bytes.
+    EXPECT_EQ(ingress(announcement()), kShot);
+    EXPECT_FALSE(*gate->fence_tripped());
+    ok(gate->set_fence_token(token_span(kToken), kAdmin, kTokenPort));
+    Bytes wrong = kToken;
+    wrong[15] ^= 1;
+    EXPECT_EQ(ingress(announcement(wrong)), kShot);                                    // one bit off
+    EXPECT_EQ(ingress(announcement(Bytes(kToken.begin(), kToken.begin() + 15))), kShot);  // short
+    EXPECT_EQ(ingress(announcement(Bytes{})), kShot);
+    EXPECT_EQ(ingress(udp_frame(kStream, kClient, kTokenPort, kToken)), kShot);  // not to our address
+    EXPECT_EQ(ingress(udp_frame(kStream, kAdmin, kTokenPort + 1, kToken)), kShot);  // nor our port
+    EXPECT_FALSE(*gate->fence_tripped());
+    EXPECT_EQ(egress(rtp_frame(1)), kOk);
+    auto n = counters();
+    EXPECT_EQ(n[GATE_INFO_FENCE_FORGED], 3u);
+    EXPECT_EQ(n[GATE_INFO_FENCE_ANNOUNCE], 0u);
+    // Cleared: the genuine token no longer arms it either.
+    ok(gate->clear_fence_token());
+    EXPECT_EQ(ingress(announcement()), kShot);
+    EXPECT_FALSE(*gate->fence_tripped());
+    EXPECT_EQ(gate->set_fence_token(token_span(kToken), in_addr{}, kTokenPort).error().code, EINVAL);
+    EXPECT_EQ(gate->set_fence_token(token_span(kToken), kAdmin, 0).error().code, EINVAL);
 }
 
 TEST_F(GateProg, FenceGraceAbsorbsThePartnersLastFramesInFlight) {
     ok(gate->set_role(Role::Active));
     ok(gate->set_fence(true, 1s));
-    EXPECT_EQ(ingress(rtp_frame(1)), kShot);
+    ok(gate->set_fence_token(token_span(kToken), kAdmin, kTokenPort));
+    EXPECT_EQ(ingress(announcement()), kShot);
     EXPECT_EQ(egress(rtp_frame(2)), kOk);
     EXPECT_FALSE(*gate->fence_tripped());
     // A standby gate drops by role; the fence is irrelevant there.
@@ -579,20 +626,20 @@ TEST_F(GateProg, FenceGraceAbsorbsThePartnersLastFramesInFlight) {
     EXPECT_FALSE(*gate->fence_tripped());
 }
 
-TEST_F(GateProg, PartnerFramesOfRuledFlowsAndArpRequestsDoNotArmTheFence) {
+TEST_F(GateProg, PartnerFramesOfRuledFlowsAndArpDoNotArmTheFence) {
     ok(gate->set_role(Role::Active));
     ok(gate->set_fence(true, 0ns));
+    ok(gate->set_fence_token(token_span(kToken), kAdmin, kTokenPort));
     ok(gate->set_flow_rule(flow, Rule::PassBefore, 500));
     EXPECT_EQ(ingress(rtp_frame(500)), kShot);           // agreed hand-over: partner sends >= 500
     EXPECT_EQ(ingress(arp_frame(1, kStream, kClient)), kOk);  // the partner resolving a client
+    EXPECT_EQ(ingress(arp_frame(2, kStream, kClient)), kShot);  // answering for the stream IP
     auto p = gate->partner();
     ASSERT_TRUE(p.ok());
     EXPECT_EQ(p->tx_ns, 0);
     EXPECT_GT(p->any_ns, 0);
+    EXPECT_FALSE(*gate->fence_tripped());
     EXPECT_EQ(egress(rtp_frame(1, kClient2)), kOk);
-    // An ARP reply from the stream IP is the partner answering for it: that arms the fence.
-    EXPECT_EQ(ingress(arp_frame(2, kStream, kClient)), kShot);
-    EXPECT_EQ(egress(rtp_frame(1, kClient2)), kShot);
     auto n = counters();
     EXPECT_EQ(n[GATE_INFO_PARTNER_RULED], 1u);
     EXPECT_EQ(n[GATE_IN_PARTNER], 2u);
@@ -1589,6 +1636,9 @@ TEST_F(GatePair, PlannedHandOverAtAnAgreedSeqLosesAndDuplicatesNothing) {
 TEST_F(GatePair, TakeoverResumesFromWhatThePrimaryPutOnTheWireAndFencesIt) {
     ASSERT_TRUE(ga->set_role(Role::Active).ok());
     ASSERT_TRUE(ga->set_fence(true).ok());
+    ASSERT_TRUE(ga->set_fence_token(token_span(kToken), kAdminA, kTokenPort).ok());
+    // B reaches A's admin address through the hub (both ports carry the stream IP's MAC).
+    ASSERT_EQ(sh(b->ip("neigh add 10.77.1.11 lladdr 02:0f:00:00:00:01 dev eb nud permanent")), 0);
     ASSERT_TRUE(gb->set_fence(true).ok());
     {
         PinnedCpu pin;
@@ -1607,8 +1657,11 @@ TEST_F(GatePair, TakeoverResumesFromWhatThePrimaryPutOnTheWireAndFencesIt) {
         ASSERT_TRUE(gb->set_role(Role::Active).ok());
         const uint16_t resume = uint16_t(s->high_seq + 1);
         for (int i = 0; i < 100; ++i) send(txb, uint16_t(resume + i));
-        // A wakes from its hang and sends its backlog: B's frames reached A's ingress after A
-        // became active, so A's fence holds it silent.
+        // B's stream reaching A proves nothing (a forger could send it); B's announcement does.
+        EXPECT_FALSE(*ga->fence_tripped());
+        ASSERT_TRUE(send_to(txb, kAdminA, kTokenPort, kToken));
+        // A wakes from its hang and sends its backlog: the announcement reached A's ingress after
+        // A became active, so A's fence holds it silent.
         ASSERT_TRUE(wait_until([&] { return *ga->partner_tx_ns() > 0; }));
         EXPECT_TRUE(*ga->fence_tripped());
         for (int i = 100; i < 150; ++i) send(txa, uint16_t(i));
@@ -1620,8 +1673,9 @@ TEST_F(GatePair, TakeoverResumesFromWhatThePrimaryPutOnTheWireAndFencesIt) {
     auto na = *ga->counters(), nb = *gb->counters();
     EXPECT_EQ(na[GATE_EG_PASS_ACTIVE], 100u);
     EXPECT_EQ(na[GATE_EG_DROP_FENCE], 50u);
+    EXPECT_EQ(na[GATE_INFO_FENCE_ANNOUNCE], 1u);
     EXPECT_EQ(nb[GATE_EG_DROP_STANDBY], 120u);
-    EXPECT_EQ(nb[GATE_EG_PASS_ACTIVE], 100u);
+    EXPECT_EQ(nb[GATE_EG_PASS_ACTIVE], 101u);  // its stream and the announcement
     EXPECT_EQ(nb[GATE_EG_DROP_FENCE], 0u);
     EXPECT_FALSE(*gb->fence_tripped());
 }

@@ -3,6 +3,8 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 namespace {
 
 using namespace of::failover;
@@ -34,7 +36,7 @@ TEST(PeerProtocol, RoundTripsEveryType) {
     cr.response_start = 512;
     cr.response = "RTSP/1.0 200 OK\r\nCSeq: 4\r\n\r\n";
     cr.records = {s, s};
-    std::vector<Body> bodies = {hb, HeartbeatAck{5, 9}, FailoverNotice{1, "oneframed died"}, StopOrder{77}, s,
+    std::vector<Body> bodies = {hb, HeartbeatAck{5, 9, 0xfeedbee5}, FailoverNotice{1, "oneframed died"}, StopOrder{77}, s,
                                 SyncRequest{7}, sr, cr};
     uint64_t seq = 1;
     for (auto& b : bodies) {
@@ -67,6 +69,22 @@ TEST(PeerProtocol, RoundTripsEveryType) {
     auto hb2 = std::get<Heartbeat>(decode(*encode(msg(1, hb), kKey), kKey)->body);
     ASSERT_EQ(hb2.progress.size(), 2u);
     EXPECT_EQ(hb2.progress[1].next_packet, 14u);
+    auto ack = std::get<HeartbeatAck>(decode(*encode(msg(1, HeartbeatAck{5, 9, 0xfeedbee5}), kKey), kKey)->body);
+    EXPECT_EQ(ack.state, 5);
+    EXPECT_EQ(ack.lease_until_ns, 9u);
+    EXPECT_EQ(ack.fence_gen, 0xfeedbee5u);
+}
+
+TEST(PeerProtocol, FenceTokensNeedTheKeyAndChangeWithEpochAndGeneration) {
+    auto t = fence_token(kKey, 7, 1);
+    EXPECT_EQ(t, fence_token(kKey, 7, 1));  // the primary computes what the secondary announces
+    EXPECT_NE(t, fence_token(kKey, 7, 2));  // each takeover generation has its own
+    EXPECT_NE(t, fence_token(kKey, 8, 1));  // and each run of the daemon
+    std::vector<uint8_t> other_key(32, 0x11);
+    EXPECT_NE(t, fence_token(other_key, 7, 1));
+    // Not a prefix of anything sent on the peer paths under the same key.
+    auto wire = *encode(msg(1, HeartbeatAck{5, 9, 1}), kKey);
+    EXPECT_FALSE(std::search(wire.begin(), wire.end(), t.begin(), t.end()) != wire.end());
 }
 
 TEST(PeerProtocol, ForgedOrDamagedMessagesAreRefused) {

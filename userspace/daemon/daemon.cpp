@@ -157,6 +157,7 @@ Status Daemon::start() {
     if (config_.partner_private_ip.s_addr) fo.partner_private = config_.partner_private_ip;
     if (config_.partner_admin_ip.s_addr) fo.partner_admin = config_.partner_admin_ip;
     if (config_.admin_ip.s_addr) fo.admin_ip = config_.admin_ip;
+    if (config_.stream_ip.s_addr) fo.stream_ip = config_.stream_ip;
     if (!config_.peer_key_file.empty()) {
         auto key = failover::load_key_file(config_.peer_key_file);
         if (!key) return key.error();
@@ -444,6 +445,7 @@ dbus::Dict Daemon::failover_dict() const {
         {"last_detection_ns", st.last_detection_ns},
         {"last_takeover_ns", st.last_takeover_ns},
         {"last_takeover_cause", st.last_takeover_cause},
+        {"takeover_announcements_sent", st.announcements_sent},
         {"sessions_resumed_from_hub", st.sessions_resumed_from_hub},
         {"sessions_resumed_from_heartbeat", st.sessions_resumed_from_heartbeat},
         {"tcp_connections_revived", st.connections_revived},

@@ -50,6 +50,9 @@ constexpr int64_t kSyncCleanRttNs = 500'000;    // a round trip this short ends 
 // A lease a secondary grants ends this long before it could declare the primary failed: covers
 // the two servers' clock offset, which failover-sync bounds at 1 ms.
 constexpr int64_t kLeaseMarginNs = 2'000'000;
+// A takeover is announced to the old primary's gate (the fence) this many times, one per
+// heartbeat period: one lost frame must not leave it unfenced.
+constexpr int kTakeoverAnnouncements = 10;
 
 std::string ip_text(in_addr a) {
     char b[INET_ADDRSTRLEN];
@@ -166,6 +169,13 @@ struct Controller::Impl {
     uint32_t progress_cursor = 0;
     int64_t next_prebuilt_ns = 0;
     bool push_params = false;
+    // The split-brain fence (docs/failover.md): as secondary we announce a takeover on the stream
+    // LAN with the token of (epoch, fence_gen), which the primary installed in its gate from our
+    // acks. fence_gen moves on each time we become Secondary, so a token is announced once.
+    uint32_t fence_gen = 0;
+    std::optional<std::pair<uint64_t, uint32_t>> installed_token;  // the partner's, in our gate
+    std::array<uint8_t, 16> own_token{};
+    int announcements_left = 0;
 
     // failover_sync in progress
     std::condition_variable sync_cv;
@@ -226,6 +236,7 @@ struct Controller::Impl {
     bool state_is(State s) const { return shared_state.load() == s; }
     void set_state(State s) {
         State before = state;
+        if (s == State::kSecondary && before != s) ++fence_gen;
         state = s;
         st.state = s;
         shared_state = s;
@@ -243,6 +254,10 @@ struct Controller::Impl {
         if (gate && !now && was) (void)gate->set_role(gate::Role::Standby);
         apply_lease();
         if (gate && now && !was) {
+            // The token in our gate was the partner's as secondary; it reinstalls one from its
+            // acks when it is secondary again.
+            (void)gate->clear_fence_token();
+            installed_token.reset();
             (void)gate->set_fence(partner_configured());
             (void)gate->set_role(gate::Role::Active);
         }
@@ -407,13 +422,14 @@ struct Controller::Impl {
         // Secondary grants one.
         uint64_t lease =
             state == State::kSecondary ? uint64_t(now + realtime_minus_monotonic_ns() + lease_span_ns()) : 0;
-        send_on(p, HeartbeatAck{uint8_t(state), lease});
+        send_on(p, HeartbeatAck{uint8_t(state), lease, fence_gen});
     }
 
-    void on_message(const HeartbeatAck& a, Path, const Message&, int64_t now, std::unique_lock<std::mutex>&) {
+    void on_message(const HeartbeatAck& a, Path, const Message& m, int64_t now, std::unique_lock<std::mutex>&) {
         State ps = a.state < kStateCount ? State(a.state) : State::kUnconfigured;
         bool was_online = st.partner_state && online(*st.partner_state);
         st.partner_state = ps;
+        if (ps == State::kSecondary && transmits(state)) install_partner_token(m.epoch, a.fence_gen);
         if (ps == State::kSecondary) {
             // Bounded: no secondary grants more than its detection time from now.
             int64_t lease = int64_t(std::min<uint64_t>(a.lease_until_ns, uint64_t(realtime_ns() + silence_limit_ns())));
@@ -431,6 +447,49 @@ struct Controller::Impl {
         if (transmits(state) && online(ps) && !was_online) pending_snapshot = true;
         send_pending_snapshot();
     }
+    // The token our secondary will announce a takeover with: only it arms our gate's fence.
+    void install_partner_token(uint64_t partner_epoch, uint32_t gen) {
+        if (!gate || opts.key.empty() || !opts.admin_ip) return;
+        auto id = std::make_pair(partner_epoch, gen);
+        if (installed_token == id) return;
+        auto t = fence_token(opts.key, partner_epoch, gen);
+        if (auto s = gate->set_fence_token(t, *opts.admin_ip, opts.peer_port); !s) {
+            st.last_error = "fence token: " + s.error().message;
+            return;
+        }
+        installed_token = id;
+    }
+    // Our takeover, told to the old primary's gate through the hub: from the stream IP to its
+    // admin address on the stream LAN, carrying the token it installed. Sent on the LAN socket
+    // with the stream IP as the source (IP_PKTINFO), a few times in case one is lost.
+    void announce_takeover() {
+        if (announcements_left <= 0 || lan_sock < 0 || !opts.partner_admin || !opts.stream_ip) return;
+        --announcements_left;
+        sockaddr_in to{};
+        to.sin_family = AF_INET;
+        to.sin_addr = *opts.partner_admin;
+        to.sin_port = htons(opts.peer_port);
+        alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(in_pktinfo))] = {};
+        iovec iov{own_token.data(), own_token.size()};
+        msghdr mh{};
+        mh.msg_name = &to;
+        mh.msg_namelen = sizeof to;
+        mh.msg_iov = &iov;
+        mh.msg_iovlen = 1;
+        mh.msg_control = cbuf;
+        mh.msg_controllen = sizeof cbuf;
+        cmsghdr* c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = IPPROTO_IP;
+        c->cmsg_type = IP_PKTINFO;
+        c->cmsg_len = CMSG_LEN(sizeof(in_pktinfo));
+        in_pktinfo pi{};
+        pi.ipi_spec_dst = *opts.stream_ip;
+        std::memcpy(CMSG_DATA(c), &pi, sizeof pi);
+        std::lock_guard sl(send_mu);
+        if (sendmsg(lan_sock, &mh, MSG_DONTWAIT) < 0) ++send_errors;
+        else ++st.announcements_sent;
+    }
+
     // [0090]: a secondary that comes online starts every running session. Never waits for the
     // engine (Engine::try_snapshot); if it is busy, the next tick tries again.
     void send_pending_snapshot() {
@@ -570,6 +629,7 @@ struct Controller::Impl {
         }
         send_both(hb);
         ++st.heartbeats_sent;
+        announce_takeover();
         if (state == State::kPrimary && !we_stalled && now - partner_ack_mono > silence_limit_ns())
             partner_event(Event::kPartnerOffline);
         send_pending_snapshot();
@@ -672,6 +732,11 @@ struct Controller::Impl {
         st.last_takeover_ns = opened;
         st.last_takeover_cause = cause;
         send_both(StopOrder{uint64_t(active_since_rt)});
+        if (!opts.key.empty()) {
+            own_token = fence_token(opts.key, epoch, fence_gen);
+            announcements_left = kTakeoverAnnouncements;
+            announce_takeover();
+        }
         if (takeover_hook) takeover_hook(std::move(revived));
         else
             for (auto& r : revived) tcp_takeover::close_silently(r.fd);

@@ -71,6 +71,7 @@ struct ControllerOptions {
     std::optional<in_addr> partner_private;  // the partner over the private link
     std::optional<in_addr> partner_admin;    // the partner's admin IP on the stream LAN
     std::optional<in_addr> admin_ip;         // ours: LAN-path messages leave from it
+    std::optional<in_addr> stream_ip;        // the shared stream IP: takeover announcements leave from it
     std::vector<uint8_t> key;                // shared HMAC key, 16..64 bytes
     int rt_priority = 0;                     // SCHED_FIFO for the controller thread; 0 = normal
     std::string stream_interface;            // watched for link loss ([0095])
@@ -124,6 +125,7 @@ struct ControllerStatus {
     uint64_t connections_revived = 0;     // TCP connections carried over at takeovers
     uint64_t connections_lost = 0;        // seen on the hub but not revivable at a takeover
     std::string last_connection_lost;     // which and why
+    uint64_t announcements_sent = 0;      // takeover announcements to the old primary's gate (fence)
     uint64_t replies_sent = 0;            // RTSP answers sent to the partner (primary)
     uint64_t replies_oversized = 0;       // too large for one message: sent without their records
     tcp_takeover::HubViewCounters hub;    // what the hub view saw (secondary)

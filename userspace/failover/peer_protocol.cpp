@@ -4,6 +4,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -145,6 +146,7 @@ Result<std::vector<uint8_t>> encode(const Message& m, std::span<const uint8_t> k
     } else if (auto* a = std::get_if<HeartbeatAck>(&m.body)) {
         body.u8(a->state);
         body.u64(a->lease_until_ns);
+        body.u32(a->fence_gen);
     } else if (auto* f = std::get_if<FailoverNotice>(&m.body)) {
         if (f->detail.size() > 256) return make_error(EMSGSIZE, "failover detail too long");
         body.u8(f->reason);
@@ -235,6 +237,7 @@ Result<Message> decode(std::span<const uint8_t> d, std::span<const uint8_t> key)
         HeartbeatAck x;
         x.state = r.u8();
         x.lease_until_ns = r.u64();
+        x.fence_gen = r.u32();
         m.body = x;
         break;
     }
@@ -323,6 +326,17 @@ ReplayGuard::Verdict ReplayGuard::check(const Message& m, int64_t now_ns) {
     }
     if (m.sent_ns > last_sent_ns_) last_sent_ns_ = m.sent_ns;
     return Verdict::kAccept;
+}
+
+std::array<uint8_t, 16> fence_token(std::span<const uint8_t> key, uint64_t epoch, uint32_t generation) {
+    Writer w;
+    for (char c : std::string_view("oneframe fence")) w.u8(uint8_t(c));
+    w.u64(epoch);
+    w.u32(generation);
+    auto t = tag_of(w.bytes(), key);
+    std::array<uint8_t, 16> out{};
+    std::copy_n(t.begin(), out.size(), out.begin());
+    return out;
 }
 
 std::vector<uint8_t> path_key(std::span<const uint8_t> key, PeerPath path) {

@@ -59,6 +59,8 @@ struct Heartbeat {
 struct HeartbeatAck {
     uint8_t state = 0;
     uint64_t lease_until_ns = 0;  // secondary's CLOCK_REALTIME: the primary may transmit until then; 0 = none
+    uint32_t fence_gen = 0;       // the secondary's takeover generation: with its epoch, names the
+                                  // token it will announce a takeover with (fence_token)
 };
 
 struct FailoverNotice {
@@ -155,6 +157,12 @@ private:
 enum class PeerPath : uint8_t { kPrivate = 0, kLan = 1 };
 // HMAC-SHA256(key, "oneframe peer path <name>"): 32 bytes.
 std::vector<uint8_t> path_key(std::span<const uint8_t> key, PeerPath path);
+
+// The token a secondary announces its takeover with on the stream LAN (docs/failover.md, "Split
+// brain"): HMAC-SHA256(pair key, "oneframe fence" | epoch | generation), first 16 bytes. Its primary
+// computes the same from the secondary's authenticated acks and installs it in its gate; nobody
+// without the key can, and a token is announced once (the generation moves on).
+std::array<uint8_t, 16> fence_token(std::span<const uint8_t> key, uint64_t epoch, uint32_t generation);
 
 // Reads a key file: hex, 32..128 hex digits (16..64 bytes), surrounding whitespace ignored.
 Result<std::vector<uint8_t>> load_key_file(const std::string& path);

@@ -35,10 +35,11 @@ static_assert(sizeof(gate_partner) == 16);
 static_assert(sizeof(gate_flow_key) == 8 && offsetof(gate_flow_key, dport) == 4);
 static_assert(sizeof(gate_flow_rule) == 8 && offsetof(gate_flow_rule, seq) == 4);
 static_assert(sizeof(gate_seen) == 32 && offsetof(gate_seen, packets) == 8 && offsetof(gate_seen, last_ns) == 24);
+static_assert(sizeof(gate_fence_token) == 28 && offsetof(gate_fence_token, token) == 12);
 static_assert(GATE_COUNTER__COUNT <= GATE_COUNTER_SLOTS);
 
 constexpr const char* kMapNames[] = {GATE_MAP_CTL, GATE_MAP_PARTNER, GATE_MAP_FLOWS, GATE_MAP_SEEN,
-                                     GATE_MAP_COUNTERS, GATE_MAP_TCP_HELD};
+                                     GATE_MAP_COUNTERS, GATE_MAP_TCP_HELD, GATE_MAP_FENCE_TOKEN};
 constexpr size_t kMaxLibbpfLog = 8192;
 
 // libbpf prints to stderr by default; a library must not. While a Gate loads, libbpf's warnings
@@ -343,7 +344,7 @@ Result<std::unique_ptr<Gate::Impl>> Gate::Impl::load(in_addr stream_ip, uint16_t
     if (!pin_dir.empty()) {
         bpf_map* maps[] = {impl->skel->maps.gate_ctl, impl->skel->maps.gate_partner, impl->skel->maps.gate_flows,
                            impl->skel->maps.gate_seen, impl->skel->maps.gate_counters,
-                           impl->skel->maps.gate_tcp_held};
+                           impl->skel->maps.gate_tcp_held, impl->skel->maps.gate_fence_token};
         bool incompatible = false;
         Error first{};
         for (size_t i = 0; i < std::size(maps); ++i) {
@@ -667,6 +668,29 @@ Status Gate::forget_seen(const Flow& flow) {
     return {};
 }
 
+Status Gate::set_fence_token(std::span<const uint8_t, GATE_FENCE_TOKEN_BYTES> token, in_addr addr, uint16_t port) {
+    if (auto s = impl_->live(); !s) return s;
+    if (port == 0 || addr.s_addr == 0) return make_error(EINVAL, "fence token needs an address and a port");
+    gate_fence_token t{};
+    t.valid = 1;
+    t.daddr = addr.s_addr;
+    t.port = htons(port);
+    std::memcpy(t.token, token.data(), token.size());
+    uint32_t k = 0;
+    if (bpf_map_update_elem(impl_->map_fd(impl_->skel->maps.gate_fence_token), &k, &t, BPF_ANY) != 0)
+        return errno_error("write gate_fence_token");
+    return {};
+}
+
+Status Gate::clear_fence_token() {
+    if (auto s = impl_->live(); !s) return s;
+    gate_fence_token t{};
+    uint32_t k = 0;
+    if (bpf_map_update_elem(impl_->map_fd(impl_->skel->maps.gate_fence_token), &k, &t, BPF_ANY) != 0)
+        return errno_error("write gate_fence_token");
+    return {};
+}
+
 Status Gate::hold_tcp(const Flow& conn) {
     if (auto s = impl_->live(); !s) return s;
     if (auto s = validate_flow(conn); !s) return s;
@@ -789,6 +813,8 @@ std::string_view counter_name(gate_counter c) {
         case GATE_EG_DROP_TCP_HELD: return "eg_drop_tcp_held";
         case GATE_INFO_TCP_FRAME: return "info_tcp_frame";
         case GATE_INFO_TCP_FRAME_LOST: return "info_tcp_frame_lost";
+        case GATE_INFO_FENCE_ANNOUNCE: return "info_fence_announce";
+        case GATE_INFO_FENCE_FORGED: return "info_fence_forged";
         case GATE_COUNTER__COUNT: break;
     }
     return "";

@@ -151,6 +151,12 @@ public:
     Status set_fence(bool on, std::chrono::nanoseconds grace = kDefaultFenceGrace);
     // Sets active_since to now: clears a tripped fence (the daemon re-asserts that it is active).
     Status rearm_fence();
+    // The partner's takeover announcement (gate_fence_token): only a partner UDP datagram to
+    // addr:port (our admin address) whose payload starts with `token` arms the fence (any LAN
+    // host can forge the stream IP). Without a token nothing arms it; the lease still stops a
+    // primary that stopped renewing.
+    Status set_fence_token(std::span<const uint8_t, GATE_FENCE_TOKEN_BYTES> token, in_addr addr, uint16_t port);
+    Status clear_fence_token();
 
     Result<Control> control() const;
     Result<Partner> partner() const;
