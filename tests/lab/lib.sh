@@ -67,7 +67,8 @@ EOC
     echo "stream_interface = stream0"
     echo "stream_ip = $STREAM_IP"
     echo "catalog_dir = $dir/catalog"
-    echo "disks = $dir/disk0 $dir/disk1"
+    local disks_of=LAB_DISKS_$node  # another node's disks (e.g. a failing one: tests/lab/disk_test)
+    echo "disks = ${!disks_of:-$dir/disk0 $dir/disk1}"
     echo "dbus_address = unix:path=$dir/bus"
     echo "run_dir = $dir/run"
     echo "bpf_pin_root = /sys/fs/bpf/$OF_LAB_NAME-$node"
@@ -213,6 +214,9 @@ pair_fault() {
     stream-down) line=$("$LAB" fault stream-down srv1) ;;
     private-down) line=$("$LAB" fault private-down srv1) ;;
     dark) line=$("$LAB" fault dark srv1) ;;
+    disk)  # the disk on tests/lab/eio_fs.py starts failing every read with EIO (armed by a file)
+      [ -n "${EIO_ARM:-}" ] || fail "the disk fault needs EIO_ARM (tests/lab/disk_test)"
+      line="fault disk at_ns=$(date +%s%N)"; touch "$EIO_ARM" ;;
     *) fail "unknown fault $fault" ;;
   esac
   local at_ns; at_ns=$(sed -n 's/.*at_ns=\([0-9]*\).*/\1/p' <<<"$line")

@@ -366,6 +366,10 @@ public:
         record("FailoverUnsync", reply);
         reply.ok(state());
     }
+    void report_failure(FailureReport r, Reply<Dict> reply) override {
+        record("ReportFailure " + r.cause + " '" + r.detail + "'", reply);
+        reply.ok(state());
+    }
 
     // Test-thread side.
     std::vector<std::string> calls() {
@@ -802,6 +806,7 @@ TEST_F(DbusTest, EveryMethodReachesTheHandlerAndReplies) {
     call_dict(method::StartStreaming);
     call_dict(method::StopStreaming);
     call_dict(method::FailoverUnsync);
+    call_dict(method::ReportFailure, {"health", "CPU package at 98 C"});
 
     // The handler saw exactly these calls; changing ones carry the caller's uid.
     EXPECT_EQ(handler_.calls(), (std::vector<std::string>{
@@ -818,9 +823,10 @@ TEST_F(DbusTest, EveryMethodReachesTheHandlerAndReplies) {
                                     "StartStreaming uid=0",
                                     "StopStreaming uid=0",
                                     "FailoverUnsync uid=0",
+                                    "ReportFailure health 'CPU package at 98 C' uid=0",
                                 }));
     const ServerCounters c = server_->server().counters();
-    EXPECT_EQ(c.calls, 13u);
+    EXPECT_EQ(c.calls, 14u);
     EXPECT_EQ(c.errors, 0u);
     EXPECT_EQ(c.pending, 0u);
 }
@@ -887,10 +893,14 @@ TEST_F(DbusTest, ArgumentsAreValidatedBeforeTheHandler) {
     Dict many;
     for (int i = 0; i < 17; ++i) many.emplace_back("k" + std::to_string(i), true);
     refused(method::SetConfigType, {"primary", many}, E2BIG, "more than 16 entries");
+    refused(method::ReportFailure, {"meteor", "it hit"}, EINVAL, "is not one of disk, software, health, operator");
+    refused(method::ReportFailure, {"health", ""}, EINVAL, "detail is empty");
+    refused(method::ReportFailure, {"health", std::string(kMaxFailureDetailBytes + 1, 'x')}, EINVAL, "the limit is 200");
+    refused(method::ReportFailure, {"health", "two\nlines"}, EINVAL, "control characters");
 
     // None of these reached the handler.
     EXPECT_TRUE(handler_.calls().empty());
-    EXPECT_EQ(server_->server().counters().invalid, 15u);
+    EXPECT_EQ(server_->server().counters().invalid, 19u);
 
     // The wire format is checked by sd-bus before us; settings may use any integer type.
     EXPECT_EQ(raw_error(client_->bus(), "AssetShow", "u", nullptr), "org.freedesktop.DBus.Error.InvalidArgs");
@@ -1083,6 +1093,7 @@ TEST_F(DbusTest, UnprivilegedCallersAreRefusedEveryChangingMethod) {
         {"AssetAdd", {"/x.ts", "x"}},
         {"AssetRemove", {"keep"}},
         {"SetConfigType", {"primary", "1", "heartbeat_ms", "t", "10"}},
+        {"ReportFailure", {"health", "hot"}},
     };
     size_t changing = 0;
     for (const Method* m : kMethods) {
@@ -1097,11 +1108,11 @@ TEST_F(DbusTest, UnprivilegedCallersAreRefusedEveryChangingMethod) {
     // The D-Bus error name, as a script sees it.
     const std::string out = dbus_send_as_nobody(false, "AssetRemove", {"string:keep"});
     EXPECT_NE(out.find("Error org.oneframe.Error.AccessDenied: AssetRemove changes the server"), std::string::npos) << out;
-    EXPECT_EQ(changing, 7u);
+    EXPECT_EQ(changing, 8u);
     auto calls = handler_.calls();
     EXPECT_EQ(calls.size(), before_changes);  // none of the changing ones reached the handler
     EXPECT_EQ(before_changes, before + 4);    // Status, AssetShow, Sessions twice
-    EXPECT_EQ(server_->server().counters().refused, 8u);
+    EXPECT_EQ(server_->server().counters().refused, 9u);
     EXPECT_EQ(call_list(method::AssetList).size(), 1u);  // "keep" is still there
 }
 

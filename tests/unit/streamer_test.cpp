@@ -290,6 +290,9 @@ TEST_F(StreamerTest, ReadErrorFailsOnlyThatSession) {
     EXPECT_GE(c2.datagrams, 9u);
     EXPECT_LE(c2.datagrams, 16u);
     EXPECT_EQ(c2.error, EIO);
+    // The failover controller's view ([0095] disk failure): one failed read, its errno.
+    EXPECT_EQ((*t)->read_failures(), std::make_pair(uint64_t(1), EIO));
+    EXPECT_EQ((*t)->totals().read_failures, 1u);
     close(rx2);
 }
 

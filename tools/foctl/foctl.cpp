@@ -155,6 +155,21 @@ int main(int argc, char** argv) {
     add(&app, "stop-streaming", "take this server offline", dbus::method::StopStreaming);
     add(&app, "failover-sync", "synchronize a secondary with its primary", dbus::method::FailoverSync).default_timeout = 600s;
     add(&app, "failover-unsync", "take a synchronized secondary offline for changes", dbus::method::FailoverUnsync);
+    std::string cause, detail;
+    {
+        Command& c = add(&app, "report-failure",
+                         "report a failure this server cannot see itself: a primary fails over, a secondary fails",
+                         dbus::method::ReportFailure);
+        c.app->add_option("CAUSE", cause, "disk, software, health or operator")
+            ->required()
+            ->check(CLI::IsMember({"disk", "software", "health", "operator"}));
+        c.app->add_option("DETAIL", detail, "what happened, one line (at most 200 bytes)")->required();
+        c.app->footer(
+            "For a health monitor (temperature, fans, power) or an operator. A server with no partner to\n"
+            "take over keeps serving and says so (exit status 1).\n"
+            "Example: foctl report-failure health 'CPU package at 98 C'");
+        c.args = [&]() -> std::vector<dbus::Arg> { return {cause, detail}; };
+    }
 
     app.footer(kFooter);  // after the subcommands, which would otherwise inherit it
 

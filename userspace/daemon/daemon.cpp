@@ -493,6 +493,7 @@ void Daemon::status(dbus::Reply<dbus::Dict> reply) {
         {"late_datagrams", t.threads.late_datagrams},
         {"send_errors", t.threads.send_errors},
         {"lease_waits", t.threads.permit_waits},
+        {"read_failures", t.threads.read_failures},
         {"send_late_p50_us", lateness_text(t.threads.lateness, 0.50)},
         {"send_late_p99_us", lateness_text(t.threads.lateness, 0.99)},
         {"send_late_max_us", uint64_t(std::max<int64_t>(0, t.threads.lateness_max_ns) / 1000)},
@@ -607,6 +608,15 @@ void Daemon::set_config_type(dbus::FailoverConfig c, dbus::Reply<dbus::Dict> rep
 
 void Daemon::start_streaming(dbus::Reply<dbus::Dict> reply) { reply_failover(failover_->start_streaming(), reply); }
 void Daemon::stop_streaming(dbus::Reply<dbus::Dict> reply) { reply_failover(failover_->stop_streaming(), reply); }
+void Daemon::report_failure(dbus::FailureReport r, dbus::Reply<dbus::Dict> reply) {
+    using failover::FailureReason;
+    FailureReason reason = r.cause == "disk"       ? FailureReason::kDisk
+                           : r.cause == "software" ? FailureReason::kSoftware
+                           : r.cause == "health"   ? FailureReason::kHealth
+                                                   : FailureReason::kOperator;  // the API checked the cause
+    log(Level::kWarning, "failure reported (" + r.cause + "): " + r.detail);
+    reply_failover(failover_->report_failure(reason, r.detail), reply);
+}
 void Daemon::failover_unsync(dbus::Reply<dbus::Dict> reply) { reply_failover(failover_->failover_unsync(), reply); }
 
 void Daemon::failover_sync(dbus::Reply<dbus::Dict> reply) {

@@ -39,6 +39,7 @@ public:
     void set_config_type(dbus::FailoverConfig config, dbus::Reply<dbus::Dict> reply) override;
     void start_streaming(dbus::Reply<dbus::Dict> reply) override;
     void stop_streaming(dbus::Reply<dbus::Dict> reply) override;
+    void report_failure(dbus::FailureReport report, dbus::Reply<dbus::Dict> reply) override;
     void failover_sync(dbus::Reply<dbus::Dict> reply) override;
     void failover_unsync(dbus::Reply<dbus::Dict> reply) override;
 

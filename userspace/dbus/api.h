@@ -46,13 +46,20 @@ inline constexpr Method StartStreaming{"StartStreaming", "", "", Returns::Dict, 
 inline constexpr Method StopStreaming{"StopStreaming", "", "", Returns::Dict, Access::Change};
 inline constexpr Method FailoverSync{"FailoverSync", "", "", Returns::Dict, Access::Change};
 inline constexpr Method FailoverUnsync{"FailoverUnsync", "", "", Returns::Dict, Access::Change};
+// [0095] a failure this server's own trackers cannot see (a health monitor: temperature, fans,
+// power; an operator): cause is disk, software, health or operator.
+inline constexpr Method ReportFailure{"ReportFailure", "ss", "cause detail", Returns::Dict, Access::Change};
 }  // namespace method
 
-inline constexpr std::array<const Method*, 11> kMethods = {
+inline constexpr std::array<const Method*, 12> kMethods = {
     &method::Status,        &method::AssetAdd,       &method::AssetList,     &method::AssetShow,
     &method::AssetRemove,   &method::Sessions,       &method::SetConfigType, &method::StartStreaming,
-    &method::StopStreaming, &method::FailoverSync,   &method::FailoverUnsync,
+    &method::StopStreaming, &method::FailoverSync,   &method::FailoverUnsync, &method::ReportFailure,
 };
+
+// ReportFailure's causes, and the longest detail it takes.
+inline constexpr std::array<const char*, 4> kFailureCauses = {"disk", "software", "health", "operator"};
+inline constexpr size_t kMaxFailureDetailBytes = 200;
 
 const Method* find_method(std::string_view name);
 const char* reply_signature(Returns r);

@@ -6,6 +6,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 #include <vector>
@@ -197,6 +198,19 @@ std::optional<std::string> address_setting(Args& a, const std::string& key, cons
     return *s;
 }
 
+FailureReport failure_report_args(Args& a) {
+    FailureReport r;
+    r.cause = a.string("cause", 1, 16);
+    if (!r.cause.empty() && std::find_if(kFailureCauses.begin(), kFailureCauses.end(),
+                                         [&](const char* c) { return r.cause == c; }) == kFailureCauses.end())
+        a.bad(EINVAL, "cause '" + r.cause + "' is not one of disk, software, health, operator");
+    r.detail = a.string("detail", 1, kMaxFailureDetailBytes);
+    // It goes into the log, the status and the failover message: one line of text.
+    if (std::any_of(r.detail.begin(), r.detail.end(), [](char c) { return (unsigned char)c < 0x20 || c == 0x7f; }))
+        a.bad(EINVAL, "detail has control characters");
+    return r;
+}
+
 FailoverConfig failover_config_args(Args& a) {
     FailoverConfig c;
     const std::string role = a.string("role", 1, 32);
@@ -272,6 +286,11 @@ const Entry kEntries[] = {
      [](Handler& h, Args&, Pending&& p, detail::Shared&) { h.failover_sync(Reply<Dict>(std::move(p))); }},
     {&method::FailoverUnsync,
      [](Handler& h, Args&, Pending&& p, detail::Shared&) { h.failover_unsync(Reply<Dict>(std::move(p))); }},
+    {&method::ReportFailure,
+     [](Handler& h, Args& a, Pending&& p, detail::Shared& s) {
+         FailureReport r = failure_report_args(a);
+         if (!a.refused(p, s)) h.report_failure(std::move(r), Reply<Dict>(std::move(p)));
+     }},
 };
 
 const Entry* find_entry(std::string_view member) {

@@ -121,6 +121,11 @@ struct AssetAddRequest {
 enum class Role { Primary, Secondary };
 
 // set_config_type of seed 004 [0079]/[0081]. Absent settings keep the daemon's current value.
+struct FailureReport {
+    std::string cause;   // one of kFailureCauses
+    std::string detail;  // 1..kMaxFailureDetailBytes bytes of UTF-8
+};
+
 struct FailoverConfig {
     Role role = Role::Primary;
     std::optional<std::string> partner_admin;    // an IPv4 or IPv6 address literal
@@ -143,6 +148,7 @@ public:
     virtual void set_config_type(FailoverConfig config, Reply<Dict> reply) = 0;
     virtual void start_streaming(Reply<Dict> reply) = 0;
     virtual void stop_streaming(Reply<Dict> reply) = 0;
+    virtual void report_failure(FailureReport report, Reply<Dict> reply) = 0;
     virtual void failover_sync(Reply<Dict> reply) = 0;
     virtual void failover_unsync(Reply<Dict> reply) = 0;
 };

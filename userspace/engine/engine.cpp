@@ -465,6 +465,16 @@ std::vector<SessionView> Engine::sessions() const {
     return out;
 }
 
+std::pair<uint64_t, int> Engine::read_failures() const {
+    std::pair<uint64_t, int> out{0, 0};
+    for (auto& t : threads_) {  // fixed after create()
+        auto [n, e] = t->read_failures();
+        out.first += n;
+        if (n) out.second = e;
+    }
+    return out;
+}
+
 Totals Engine::totals() const {
     std::lock_guard lk(mu_);
     Totals t;
@@ -481,6 +491,7 @@ Totals Engine::totals() const {
         t.threads.reads += c.reads;
         t.threads.loops += c.loops;
         t.threads.permit_waits += c.permit_waits;
+        t.threads.read_failures += c.read_failures;
         for (size_t i = 0; i < c.lateness.size(); ++i) t.threads.lateness[i] += c.lateness[i];
         t.threads.lateness_max_ns = std::max(t.threads.lateness_max_ns, c.lateness_max_ns);
     }

@@ -103,6 +103,9 @@ public:
 
     std::vector<SessionView> sessions() const;
     Totals totals() const;
+    // Extent reads that failed on any streaming thread so far, and the errno of one of the
+    // latest ([0095] disk failure). Never takes the engine's lock: the failover thread polls it.
+    std::pair<uint64_t, int> read_failures() const;
     bool asset_in_use(const std::string& name) const;
 
     static std::string session_name(uint64_t id);

@@ -35,6 +35,7 @@ const char* to_string(FailureReason r) {
     case FailureReason::kDisk: return "disk failure";
     case FailureReason::kSoftware: return "software failure";
     case FailureReason::kOperator: return "operator";
+    case FailureReason::kHealth: return "health check failed";
     }
     return "unknown";
 }
@@ -176,6 +177,7 @@ struct Controller::Impl {
     std::optional<std::pair<uint64_t, uint32_t>> installed_token;  // the partner's, in our gate
     std::array<uint8_t, 16> own_token{};
     int announcements_left = 0;
+    uint64_t read_failures_seen = 0;  // the engine's failed extent reads already acted on
 
     // failover_sync in progress
     std::condition_variable sync_cv;
@@ -510,8 +512,9 @@ struct Controller::Impl {
         // after a takeover must not stop the server that replaced it.
         if (transmits(state) && int64_t(o.takeover_ns) <= active_since_rt) return;
         if (transmits(state) || state == State::kFailed) {
+            bool stopped = transmits(state);  // a failed server keeps why it failed
             (void)run_event(Event::kStopOrdered, false);
-            st.last_error = "stopped by the partner, which took over";
+            if (stopped) st.last_error = "stopped by the partner, which took over";
         }
     }
 
@@ -585,6 +588,7 @@ struct Controller::Impl {
 
     void tick(int64_t now) {
         std::unique_lock lk(mu);
+        watch_disk();
         if (transmits(state)) tick_primary(now);
         else if (state == State::kSecondary) tick_secondary(now);
         if (push_params && state == State::kPrimary) {
@@ -644,6 +648,33 @@ struct Controller::Impl {
                      opts.max_missed, double(quiet_private) / 1e6, double(quiet_lan) / 1e6);
             takeover(why);
         }
+    }
+
+    // [0095] disk failure: an extent read failed (the engine failed that session). A Primary fails
+    // over, so that the secondary, reading its own copy in lockstep, carries every session on; a
+    // Secondary can no longer protect the primary's sessions and says so by failing (its acks then
+    // make the primary Primary_No_Secondary). Alone, the failed session is all there is to it.
+    void watch_disk() {
+        auto [n, err] = engine.read_failures();
+        if (n == read_failures_seen) return;
+        read_failures_seen = n;
+        (void)report_failure(FailureReason::kDisk, std::string("extent read failed: ") + std::strerror(err ? err : EIO));
+    }
+
+    Result<State> report_failure(FailureReason reason, const std::string& detail) {
+        if (state == State::kFailed || state == State::kSecondaryFailed || state == State::kUnconfiguredFailed)
+            return state;  // a failed server keeps why it failed
+        if (state == State::kPrimary) {
+            fail_locally(reason, detail);
+            return state;
+        }
+        if (type_of(state) == FOTYPE_SLAVE) {
+            auto r = run_event(Event::kLocalFailure, false);
+            if (r) st.last_error = "local failure: " + detail + " (cannot protect the primary's sessions)";
+            return r;
+        }
+        st.last_error = std::string(to_string(reason)) + ": " + detail + " (no partner to take over: serving on)";
+        return make_error(EBUSY, st.last_error);
     }
 
     // Carrier on the stream interface, asked through a socket so that it reads this network
@@ -841,6 +872,7 @@ Result<std::unique_ptr<Controller>> Controller::create(ControllerOptions options
         if (!transmits(impl->state)) (void)gate->clear_flow_rules();
     }
     impl->apply_lease();
+    impl->read_failures_seen = engine.read_failures().first;  // failures before us are not ours to act on
     Impl* raw = impl.get();
     if (backend) {
         // The backend may change the state on its own (a critical process died): follow it.
@@ -983,6 +1015,11 @@ Result<State> Controller::failover_unsync() {
 void Controller::local_failure(FailureReason reason, const std::string& detail) {
     std::lock_guard lk(impl_->mu);
     impl_->fail_locally(reason, detail);
+}
+
+Result<State> Controller::report_failure(FailureReason reason, const std::string& detail) {
+    std::lock_guard lk(impl_->mu);
+    return impl_->report_failure(reason, detail);
 }
 
 void Controller::parameters_changed() {

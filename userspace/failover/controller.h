@@ -53,6 +53,7 @@ enum class FailureReason : uint8_t {
     kDisk = 3,             // extent reads fail
     kSoftware = 4,         // system software failure
     kOperator = 5,         // an operator forced it
+    kHealth = 6,           // a health check failed (temperature, fans, power: an outside monitor)
 };
 const char* to_string(FailureReason r);
 
@@ -156,6 +157,12 @@ public:
     // Reports a local failure ([0095]); the primary fails over to its partner at once. Returns
     // after the failover message is sent.
     void local_failure(FailureReason reason, const std::string& detail);
+    // [0095] every cause but the stream link and the daemon's own death (disk, software, health,
+    // operator), one path: a Primary fails over to its Secondary; a secondary fails (it can no
+    // longer protect the primary's sessions: its acks tell the primary so). A server with no
+    // partner to take over (alone, or Primary_No_Secondary) keeps serving: EBUSY, the failure
+    // recorded in last_error. Returns the state it left.
+    Result<State> report_failure(FailureReason reason, const std::string& detail);
     // The primary's parameters changed: push them to an online secondary.
     void parameters_changed();
     // A session decision of the engine (its observer): the primary sends it to the partner.

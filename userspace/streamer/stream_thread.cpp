@@ -277,6 +277,8 @@ ThreadCounters StreamThread::totals() const {
     t.reads = reads_.load(std::memory_order_relaxed);
     t.loops = loops_.load(std::memory_order_relaxed);
     t.permit_waits = permit_waits_.load(std::memory_order_relaxed);
+    t.read_failures = read_failures_.load(std::memory_order_acquire);
+    t.last_read_error = last_read_error_.load(std::memory_order_relaxed);
     for (size_t i = 0; i < kLatenessBuckets; ++i) t.lateness[i] = lateness_[i].load(std::memory_order_relaxed);
     t.lateness_max_ns = lateness_max_ns_.load(std::memory_order_relaxed);
     return t;
@@ -409,6 +411,9 @@ void StreamThread::on_read(uint64_t tag, int result) {
         ++s.gen;
         s.error = result < 0 ? -result : EIO;
         s.state = int(SessionState::kFailed);
+        // Seen by the failover controller ([0095] disk failure): errno first, then the count.
+        last_read_error_.store(s.error, std::memory_order_relaxed);
+        read_failures_.fetch_add(1, std::memory_order_release);
         return;
     }
     buf.state = BufState::kReady;

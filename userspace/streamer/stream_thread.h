@@ -73,6 +73,8 @@ struct ThreadCounters {
     uint64_t reads = 0;
     uint64_t loops = 0;
     uint64_t permit_waits = 0;     // times datagrams were due but the send permit had run out
+    uint64_t read_failures = 0;    // extent reads that failed or came back short (the session failed)
+    int last_read_error = 0;       // errno of the latest (EIO for a short read)
     std::array<uint64_t, kLatenessBuckets> lateness{};  // datagrams per send-lateness bucket
     int64_t lateness_max_ns = 0;   // the latest datagram so far
 };
@@ -123,6 +125,11 @@ public:
 
     SessionCounters counters(unsigned slot) const;
     ThreadCounters totals() const;
+    // Extent reads that failed so far and the errno of the latest; lock-free, any thread.
+    std::pair<uint64_t, int> read_failures() const {
+        uint64_t n = read_failures_.load(std::memory_order_acquire);
+        return {n, last_read_error_.load(std::memory_order_relaxed)};
+    }
     unsigned max_sessions() const { return options_.max_sessions; }
 
 private:
@@ -165,7 +172,8 @@ private:
     struct Batch;
     std::unique_ptr<Batch> batch_;
 
-    std::atomic<uint64_t> sessions_{0}, reads_{0}, loops_{0}, permit_waits_{0};
+    std::atomic<uint64_t> sessions_{0}, reads_{0}, loops_{0}, permit_waits_{0}, read_failures_{0};
+    std::atomic<int> last_read_error_{0};
     std::array<std::atomic<uint64_t>, kLatenessBuckets> lateness_{};
     std::atomic<int64_t> lateness_max_ns_{0};
     ThreadCounters retired_;  // counters of removed sessions, so totals() never goes down
