@@ -225,7 +225,7 @@ Status Daemon::start() {
         failover::Controller::TypeSettings ts;
         auto role = failover_->set_config_type(config_.failover_role != "secondary", ts);
         if (!role) return make_error(role.error().code, "set_config_type at start-up: " + role.error().message);
-        if (config_.autostart && config_.failover_role != "secondary") {
+        if (config_.autostart && config_.failover_role != "secondary" && !join_serving_partner()) {
             auto on = failover_->start_streaming();
             if (!on) return make_error(on.error().code, "start_streaming at start-up: " + on.error().message);
         }
@@ -422,6 +422,24 @@ Status Daemon::apply_sync(const std::vector<std::pair<std::string, std::string>>
     config_.load_balance_group_id = c->load_balance_group_id;
     engine_->set_limits(c->mpeg_stream_count_limit, c->mpeg_bandwidth_limit_kbps, c->server_bandwidth_limit_kbps);
     return {};
+}
+
+// A primary that comes up while its partner transmits (it took over when we died, or was started
+// first) becomes the secondary instead of starting a second transmitter ([0063]): it listens for
+// the partner's heartbeats first. Returns true if it joined, or tried to (then it stays in
+// Secondary_Offline, and says why, for an operator: it never transmits beside the partner).
+bool Daemon::join_serving_partner() {
+    if (config_.failover_role != "primary" || !failover_->status().partner_configured) return false;
+    auto partner = failover_->listen_for_partner(failover_->join_listen_time());
+    if (!partner || !failover::transmits(*partner)) return false;
+    log(Level::kNotice, "the partner is " + std::string(failover::name(*partner)) + ": joining it as secondary");
+    failover::Controller::TypeSettings ts;
+    Result<failover::State> r = failover_->set_config_type(false, ts);
+    if (r) r = failover_->failover_sync();
+    if (r) r = failover_->start_streaming();
+    if (!r) log(Level::kWarning, "joining the partner as secondary: " + r.error().message + " (run foctl failover-sync, then foctl start-streaming)");
+    else log(Level::kNotice, "joined the partner: " + std::string(failover::name(*r)));
+    return true;
 }
 
 dbus::Dict Daemon::failover_dict() const {

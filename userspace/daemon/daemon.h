@@ -61,6 +61,7 @@ private:
     Status start();
     Status open_bus();
     void reply_failover(const Result<failover::State>& r, dbus::Reply<dbus::Dict>& reply);
+    bool join_serving_partner();
     dbus::Dict failover_dict() const;
     std::vector<std::pair<std::string, std::string>> sync_params() const;
     Status apply_sync(const std::vector<std::pair<std::string, std::string>>& params);

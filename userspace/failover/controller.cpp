@@ -179,6 +179,8 @@ struct Controller::Impl {
     int announcements_left = 0;
     uint64_t read_failures_seen = 0;  // the engine's failed extent reads already acted on
 
+    std::condition_variable heard_cv;  // a message from the partner was accepted (listen_for_partner)
+
     // failover_sync in progress
     std::condition_variable sync_cv;
     uint64_t sync_nonce = 0;
@@ -398,6 +400,7 @@ struct Controller::Impl {
         int64_t now = monotonic_ns();
         heard_mono[int(p)] = now;
         std::visit([&](auto& body) { on_message(body, p, *m, now, lk); }, m->body);
+        heard_cv.notify_all();
     }
 
     void on_message(const Heartbeat& hb, Path p, const Message&, int64_t now, std::unique_lock<std::mutex>&) {
@@ -948,6 +951,23 @@ Result<State> Controller::start_streaming() {
                    (type_of(impl_->state) == FOTYPE_MASTER ? online(*impl_->st.partner_state)
                                                            : transmits(*impl_->st.partner_state));
     return impl_->run_event(Event::kStartStreaming, partner);
+}
+
+std::optional<State> Controller::listen_for_partner(std::chrono::milliseconds wait) {
+    std::unique_lock lk(impl_->mu);
+    const int64_t since = monotonic_ns();
+    auto heard = [&] {
+        return std::max(impl_->heard_mono[0].load(), impl_->heard_mono[1].load()) >= since && impl_->st.partner_state;
+    };
+    if (!impl_->partner_configured() || !impl_->heard_cv.wait_for(lk, wait, heard)) return std::nullopt;
+    return impl_->st.partner_state;
+}
+
+std::chrono::milliseconds Controller::join_listen_time() const {
+    std::lock_guard lk(impl_->mu);
+    // Long enough for the private path's socket to be bound and several heartbeats to arrive.
+    return std::max(std::chrono::milliseconds(500),
+                    std::chrono::milliseconds(4 * impl_->silence_limit_ns() / 1'000'000));
 }
 
 Result<State> Controller::stop_streaming() {

@@ -18,6 +18,7 @@
 #include <netinet/in.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -154,6 +155,13 @@ public:
     // Secondary: pulls the [0083] parameters from the primary; returns after success or failure.
     Result<State> failover_sync();
     Result<State> failover_unsync();
+    // Waits up to `wait` for a message from the partner; returns the state it reported, or
+    // nothing if it was silent (or none is configured). A transmitting partner sends a heartbeat
+    // every period; a secondary sends nothing to a server that does not transmit.
+    std::optional<State> listen_for_partner(std::chrono::milliseconds wait);
+    // How long a server coming up as primary listens for a transmitting partner before it starts
+    // (seed 004 [0063]: a server that returns while its partner serves becomes the secondary).
+    std::chrono::milliseconds join_listen_time() const;
     // Reports a local failure ([0095]); the primary fails over to its partner at once. Returns
     // after the failover message is sent.
     void local_failure(FailureReason reason, const std::string& detail);
