@@ -214,6 +214,10 @@ pair_fault() {
     stream-down) line=$("$LAB" fault stream-down srv1) ;;
     private-down) line=$("$LAB" fault private-down srv1) ;;
     dark) line=$("$LAB" fault dark srv1) ;;
+    handover)  # an operator's planned hand-over (tests/lab/handover_test)
+      line="fault handover at_ns=$(date +%s%N)"; foctl_on srv1 stop-streaming >"$WORK/handover-$fault.out" 2>&1 || true ;;
+    term)  # systemctl stop: SIGTERM to the daemon
+      line="fault term at_ns=$(date +%s%N)"; kill -TERM "$(cat "/run/oneframe-lab-$OF_LAB_NAME/srv1/oneframed.pid")" ;;
     disk)  # the disk on tests/lab/eio_fs.py starts failing every read with EIO (armed by a file)
       [ -n "${EIO_ARM:-}" ] || fail "the disk fault needs EIO_ARM (tests/lab/disk_test)"
       line="fault disk at_ns=$(date +%s%N)"; touch "$EIO_ARM" ;;
@@ -281,6 +285,7 @@ pair_fault() {
       srv1_tcp_held_drops: $s1.gate_eg_drop_tcp_held,
       srv2_lease_drops: $s2.gate_eg_drop_lease, srv2_fence_drops: $s2.gate_eg_drop_fence,
       srv2_announcements: $s2.takeover_announcements_sent, srv1_announcements_heard: $s1.gate_info_fence_announce,
+      srv1_handovers: $s1.handovers, srv1_last_handover: $s1.last_handover, srv2_handed_over: $s2.sessions_handed_over,
       srv1_fence_drops: $s1.gate_eg_drop_fence, srv1_last_error: $s1.last_error
     }' "$WORK/v-$fault.json" >"$out"
 }

@@ -36,8 +36,10 @@ TEST(PeerProtocol, RoundTripsEveryType) {
     cr.response_start = 512;
     cr.response = "RTSP/1.0 200 OK\r\nCSeq: 4\r\n\r\n";
     cr.records = {s, s};
+    HandOver ho{0x1234, 5'000'000'000, 1, 2, {}};
+    for (uint16_t i = 0; i < kMaxHandOverEntries; ++i) ho.entries.push_back({cr.client_ip, uint16_t(5000 + i), uint16_t(65530 + i)});
     std::vector<Body> bodies = {hb, HeartbeatAck{5, 9, 0xfeedbee5}, FailoverNotice{1, "oneframed died"}, StopOrder{77}, s,
-                                SyncRequest{7}, sr, cr};
+                                SyncRequest{7}, sr, cr, ho, HandOverAck{0x1234, 1, 128}, HandOverCancel{0x1234}};
     uint64_t seq = 1;
     for (auto& b : bodies) {
         auto wire = encode(msg(seq, b), kKey);
@@ -69,6 +71,28 @@ TEST(PeerProtocol, RoundTripsEveryType) {
     auto hb2 = std::get<Heartbeat>(decode(*encode(msg(1, hb), kKey), kKey)->body);
     ASSERT_EQ(hb2.progress.size(), 2u);
     EXPECT_EQ(hb2.progress[1].next_packet, 14u);
+    auto ho2 = std::get<HandOver>(decode(*encode(msg(1, ho), kKey), kKey)->body);
+    EXPECT_EQ(ho2.id, 0x1234u);
+    EXPECT_EQ(ho2.at_ns, 5'000'000'000);
+    EXPECT_EQ(ho2.part, 1);
+    EXPECT_EQ(ho2.parts, 2);
+    ASSERT_EQ(ho2.entries.size(), kMaxHandOverEntries);
+    EXPECT_EQ(ho2.entries[127].port, 5127);
+    EXPECT_EQ(ho2.entries[127].seq, uint16_t(65530 + 127));  // across the wrap
+    EXPECT_EQ(ho2.entries[0].client.s_addr, cr.client_ip.s_addr);
+    auto hoa = std::get<HandOverAck>(decode(*encode(msg(1, HandOverAck{9, 3, 17}), kKey), kKey)->body);
+    EXPECT_EQ(hoa.id, 9u);
+    EXPECT_EQ(hoa.part, 3);
+    EXPECT_EQ(hoa.accepted, 17);
+    // Limits: one part too many flows, a part out of range, a flow without a port.
+    ho.entries.push_back({});
+    EXPECT_EQ(encode(msg(1, ho), kKey).error().code, EMSGSIZE);
+    ho.entries.resize(1);
+    ho.part = 2;
+    EXPECT_EQ(decode(*encode(msg(1, ho), kKey), kKey).error().code, EBADMSG);
+    ho.part = 0;
+    ho.entries[0].port = 0;
+    EXPECT_EQ(decode(*encode(msg(1, ho), kKey), kKey).error().code, EBADMSG);
     auto ack = std::get<HeartbeatAck>(decode(*encode(msg(1, HeartbeatAck{5, 9, 0xfeedbee5}), kKey), kKey)->body);
     EXPECT_EQ(ack.state, 5);
     EXPECT_EQ(ack.lease_until_ns, 9u);

@@ -41,7 +41,7 @@ Environment:
 Exit status:
   0 success, 1 oneframed refused or failed (one line "foctl: ..." on stderr), 2 usage error.
 Commands that change the server (asset add/rm, set-config-type, start-/stop-streaming,
-failover-sync/-unsync) need root; the others are open to every user.)";
+failover-sync/-unsync, report-failure) need root; the others are open to every user.)";
 
 // One subcommand: which method it calls, with which arguments, and what a person reads on success.
 struct Command {
@@ -152,7 +152,9 @@ int main(int argc, char** argv) {
         };
     }
     add(&app, "start-streaming", "bring this server online", dbus::method::StartStreaming);
-    add(&app, "stop-streaming", "take this server offline", dbus::method::StopStreaming);
+    add(&app, "stop-streaming",
+        "take this server offline; a primary first hands every session to its secondary (no packet lost)",
+        dbus::method::StopStreaming);
     add(&app, "failover-sync", "synchronize a secondary with its primary", dbus::method::FailoverSync).default_timeout = 600s;
     add(&app, "failover-unsync", "take a synchronized secondary offline for changes", dbus::method::FailoverUnsync);
     std::string cause, detail;

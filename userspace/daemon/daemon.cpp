@@ -352,7 +352,14 @@ int Daemon::run() {
     sd_notify(0, "READY=1\nSTATUS=serving");
     int r = sd_event_loop(loop_);
     sd_notify(0, "STOPPING=1");
-    // A primary that is told to stop hands its viewers to an online partner at once.
+    // A primary that is told to stop (systemctl stop, an upgrade) hands its viewers to an online
+    // secondary between two datagrams (a planned hand-over); if that cannot be, at once, as at a
+    // failure: the secondary takes over from what it saw on the hub.
+    if (failover_ && failover_->state_is(failover::State::kPrimary)) {
+        auto h = failover_->hand_over();
+        if (h) log(Level::kNotice, "stopping: handed every session to the secondary");
+        else log(Level::kWarning, "stopping: " + h.error().message + "; failing over instead");
+    }
     if (failover_ && failover::transmits(failover_->state()))
         failover_->local_failure(failover::FailureReason::kOperator, "oneframed stopped");
     if (r < 0) {
@@ -466,6 +473,9 @@ dbus::Dict Daemon::failover_dict() const {
         {"takeover_announcements_sent", st.announcements_sent},
         {"sessions_resumed_from_hub", st.sessions_resumed_from_hub},
         {"sessions_resumed_from_heartbeat", st.sessions_resumed_from_heartbeat},
+        {"sessions_handed_over", st.sessions_handed_over},
+        {"handovers", st.handovers},
+        {"last_handover", st.last_handover},
         {"tcp_connections_revived", st.connections_revived},
         {"tcp_connections_lost", st.connections_lost},
         {"tcp_last_connection_lost", st.last_connection_lost},

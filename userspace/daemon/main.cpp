@@ -1,6 +1,9 @@
 // oneframed: the oneframe streaming daemon. See README.md and docs/architecture.md.
 #include <CLI/CLI.hpp>
 
+#include <pthread.h>
+#include <signal.h>
+
 #include <cstdio>
 #include <iostream>
 
@@ -43,6 +46,14 @@ int main(int argc, char** argv) {
         fprintf(stderr, "oneframed: %s\n", s.error().message.c_str());
         return 1;
     }
+    // So are SIGTERM and SIGINT (the event loop reads them): a thread started with them unblocked
+    // would take the default action, and `systemctl stop` would kill the daemon instead of letting
+    // it hand its viewers over.
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &stop, nullptr);
     auto d = of::daemon::Daemon::create(*config);
     if (!d) {
         of::daemon::log(of::daemon::Level::kErr, "cannot start: " + d.error().message);

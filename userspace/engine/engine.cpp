@@ -398,20 +398,35 @@ std::optional<uint64_t> Engine::packet_after_seq(uint64_t session, uint16_t seq)
     return pacer::first_packet_of(s.seg, std::min<uint64_t>(uint64_t(j), total));
 }
 
-std::optional<uint64_t> Engine::packet_after_time(uint64_t session, int64_t t) const {
-    std::lock_guard lk(mu_);
-    auto it = sessions_.find(session);
-    if (it == sessions_.end() || it->second->state != Session::State::kPlaying) return std::nullopt;
-    const Session& s = *it->second;
-    // Smallest j with send_time(j) > t: every datagram scheduled up to t was sent (datagrams
-    // leave at or just after their send time).
+// Smallest j with send_time(j) > t (the segment's datagram count if none): every datagram
+// scheduled up to t was sent (datagrams leave at or just after their send time).
+template <class EngineSession>  // Engine::Session is private
+static uint64_t datagram_after_time(const EngineSession& s, int64_t t) {
     uint64_t lo = 0, hi = pacer::datagram_count(s.source->packet_count(), s.seg.start_packet);
     while (lo < hi) {
         uint64_t mid = lo + (hi - lo) / 2;
         if (pacer::send_time_ns(*s.source, s.seg, mid) > t) hi = mid;
         else lo = mid + 1;
     }
-    return pacer::first_packet_of(s.seg, lo);
+    return lo;
+}
+
+std::optional<uint64_t> Engine::packet_after_time(uint64_t session, int64_t t) const {
+    std::lock_guard lk(mu_);
+    auto it = sessions_.find(session);
+    if (it == sessions_.end() || it->second->state != Session::State::kPlaying) return std::nullopt;
+    const Session& s = *it->second;
+    return pacer::first_packet_of(s.seg, datagram_after_time(s, t));
+}
+
+std::optional<uint16_t> Engine::seq_after_time(uint64_t session, int64_t t) const {
+    std::lock_guard lk(mu_);
+    auto it = sessions_.find(session);
+    if (it == sessions_.end() || it->second->state != Session::State::kPlaying || !it->second->rtp) return std::nullopt;
+    const Session& s = *it->second;
+    uint64_t j = datagram_after_time(s, t);
+    if (j >= pacer::datagram_count(s.source->packet_count(), s.seg.start_packet)) return std::nullopt;
+    return pacer::rtp_seq(s.seg, j);
 }
 
 Status Engine::resume_from(uint64_t session, uint64_t packet) {

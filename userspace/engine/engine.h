@@ -90,6 +90,9 @@ public:
     std::optional<uint64_t> packet_after_seq(uint64_t session, uint16_t seq) const;
     // The first datagram whose send time is after `realtime_ns` (the partner's last send).
     std::optional<uint64_t> packet_after_time(uint64_t session, int64_t realtime_ns) const;
+    // The RTP sequence number of the first datagram due after `realtime_ns`: where a planned
+    // hand-over switches an RTP session (nullopt: not playing, not RTP, or it ends before then).
+    std::optional<uint16_t> seq_after_time(uint64_t session, int64_t realtime_ns) const;
     // Restarts a playing session from `packet` (a datagram boundary) on its original schedule:
     // datagrams already due go out at once, in order. Used at takeover (under hold_all) to send
     // what the old primary did not put on the wire.

@@ -54,6 +54,12 @@ constexpr int64_t kLeaseMarginNs = 2'000'000;
 // A takeover is announced to the old primary's gate (the fence) this many times, one per
 // heartbeat period: one lost frame must not leave it unfenced.
 constexpr int kTakeoverAnnouncements = 10;
+// A planned hand-over switches each flow at the first datagram due this long after it starts
+// (or 4 detection times, if longer): time for the secondary to rule every flow and acknowledge.
+// The primary gives up (and cancels) if the acknowledgements are not in this long before the
+// switch, and stands down this long after it, when its last datagram before the switch has left.
+constexpr int64_t kHandOverLeadNs = 50'000'000;
+constexpr int64_t kHandOverMarginNs = 10'000'000;
 
 std::string ip_text(in_addr a) {
     char b[INET_ADDRSTRLEN];
@@ -178,6 +184,22 @@ struct Controller::Impl {
     std::array<uint8_t, 16> own_token{};
     int announcements_left = 0;
     uint64_t read_failures_seen = 0;  // the engine's failed extent reads already acted on
+    // Planned hand-over. As primary: the one in progress, its parts acknowledged so far. As
+    // secondary: the flows we ruled PASS_FROM, and when they switch.
+    struct HandOverOut {
+        uint64_t id = 0;
+        std::vector<uint16_t> sizes;  // flows per part
+        std::vector<bool> acked;
+        bool refused = false;
+    };
+    std::optional<HandOverOut> handover_out;
+    std::condition_variable handover_cv;
+    struct HandOverIn {
+        uint64_t id = 0;
+        int64_t at_ns = 0;
+        std::vector<gate::Flow> flows;
+    };
+    std::optional<HandOverIn> handover_in;
 
     std::condition_variable heard_cv;  // a message from the partner was accepted (listen_for_partner)
 
@@ -505,6 +527,52 @@ struct Controller::Impl {
         for (auto& r : *snap) send_both(r);
     }
 
+    // Secondary: rule the flows of one part PASS_FROM their switch point, or none of them if we
+    // do not run every one (the primary then cancels).
+    void on_message(const HandOver& h, Path p, const Message&, int64_t, std::unique_lock<std::mutex>&) {
+        if (state != State::kSecondary || !gate) return;
+        if (!handover_in || handover_in->id != h.id) {
+            forget_handover();
+            handover_in = HandOverIn{h.id, h.at_ns, {}};
+        }
+        auto flows = engine.flows();
+        std::vector<gate::Flow> ruled;
+        bool all = true;
+        for (auto& e : h.entries) {
+            bool runs = std::any_of(flows.begin(), flows.end(), [&](const engine::Engine::Flow& f) {
+                return f.rtp && f.client.s_addr == e.client.s_addr && f.port == e.port;
+            });
+            gate::Flow gf{e.client, e.port};
+            if (!runs || !gate->set_flow_rule(gf, gate::Rule::PassFrom, e.seq)) {
+                all = false;
+                break;
+            }
+            ruled.push_back(gf);
+        }
+        if (!all) {
+            for (auto& f : ruled) (void)gate->clear_flow_rule(f);
+            ruled.clear();
+        }
+        handover_in->flows.insert(handover_in->flows.end(), ruled.begin(), ruled.end());
+        send_on(p, HandOverAck{h.id, h.part, uint16_t(ruled.size())});
+    }
+    void on_message(const HandOverCancel& c, Path, const Message&, int64_t, std::unique_lock<std::mutex>&) {
+        if (handover_in && handover_in->id == c.id) forget_handover();
+    }
+    void forget_handover() {
+        if (handover_in && gate)
+            for (auto& f : handover_in->flows) (void)gate->clear_flow_rule(f);
+        handover_in.reset();
+    }
+    // Primary: a part acknowledged (on either path; the first answer counts).
+    void on_message(const HandOverAck& a, Path, const Message&, int64_t, std::unique_lock<std::mutex>&) {
+        if (!handover_out || handover_out->id != a.id || a.part >= handover_out->sizes.size()) return;
+        if (handover_out->acked[a.part]) return;
+        handover_out->acked[a.part] = true;
+        if (a.accepted != handover_out->sizes[a.part]) handover_out->refused = true;
+        handover_cv.notify_all();
+    }
+
     void on_message(const FailoverNotice& f, Path, const Message&, int64_t, std::unique_lock<std::mutex>&) {
         if (state == State::kSecondary)
             takeover(std::string("failover message: ") + f.detail);
@@ -728,7 +796,20 @@ struct Controller::Impl {
         if (!o.allowed) return;
         (void)engine.hold_all(true);
         int64_t mono_to_real = realtime_minus_monotonic_ns();
+        // Flows of a planned hand-over whose switch has passed are ours already, to the datagram
+        // (PASS_FROM): nothing to resume. Before the switch (the primary failed on the way) they
+        // resume like any other.
+        bool switched = handover_in && detected > handover_in->at_ns;
+        auto handed_over = [&](const engine::Engine::Flow& f) {
+            return switched && std::any_of(handover_in->flows.begin(), handover_in->flows.end(), [&](const gate::Flow& g) {
+                       return g.client.s_addr == f.client.s_addr && g.port == f.port;
+                   });
+        };
         for (auto& f : engine.flows()) {
+            if (handed_over(f)) {
+                ++st.sessions_handed_over;
+                continue;
+            }
             // What the hub showed is what the client got (the old primary's frames reach the
             // client and us through the same hub), to the datagram, unless our own receive path
             // dropped some of them under load (then the client gets those twice).
@@ -757,6 +838,7 @@ struct Controller::Impl {
         set_state(o.next);
         apply_gate(prev);  // the gate opens now; the backend learns next (a round trip)
         int64_t opened = realtime_ns();
+        forget_handover();  // ACTIVE passes those flows now
         (void)engine.hold_all(false);
         if (backend) {
             if (auto s = backend->set_state(fo_of(o.next)); !s) st.last_error = "takeover: backend: " + s.error().message;
@@ -971,8 +1053,81 @@ std::chrono::milliseconds Controller::join_listen_time() const {
 }
 
 Result<State> Controller::stop_streaming() {
+    if (state_is(State::kPrimary) && impl_->gate) return hand_over();
     std::lock_guard lk(impl_->mu);
     return impl_->run_event(Event::kStopStreaming, false);
+}
+
+bool Controller::state_is(State s) const { return impl_->state_is(s); }
+
+// Planned hand-over (docs/failover.md): every RTP flow switches to the secondary between two
+// datagrams, at the first one due after `at`; then this server stands down (Primary_Offline)
+// and tells the secondary, which takes the RTSP connections and the rest over as at a takeover.
+Result<State> Controller::hand_over() {
+    Impl& I = *impl_;
+    int64_t lead;
+    {
+        std::lock_guard lk(I.mu);
+        if (I.state != State::kPrimary || !I.gate) return make_error(EBADFD, "a planned hand-over needs a Primary with its Secondary online");
+        if (I.handover_out) return make_error(EALREADY, "a hand-over is in progress");
+        lead = std::max(kHandOverLeadNs, 4 * I.silence_limit_ns());
+    }
+    // The switch points, from the engine, without our lock (the engine may wait for the lease
+    // only our thread renews).
+    const int64_t at = realtime_ns() + lead;
+    std::vector<HandOverEntry> entries;
+    for (auto& f : I.engine.flows())
+        if (auto seq = I.engine.seq_after_time(f.session, at)) entries.push_back({f.client, f.port, *seq});
+    std::vector<HandOver> parts;
+    for (size_t i = 0; i < entries.size(); i += kMaxHandOverEntries)
+        parts.push_back({0, at, 0, 0, {entries.begin() + i, entries.begin() + std::min(entries.size(), i + kMaxHandOverEntries)}});
+
+    std::unique_lock lk(I.mu);
+    if (I.state != State::kPrimary) return make_error(EBADFD, "no longer Primary");
+    uint64_t id = 0;
+    while (id == 0) (void)!getrandom(&id, sizeof id, 0);
+    Impl::HandOverOut out{id, {}, std::vector<bool>(parts.size(), false), false};
+    auto undo = [&](const std::string& why) -> Result<State> {
+        for (auto& e : entries) (void)I.gate->clear_flow_rule({e.client, e.port});
+        I.send_both(HandOverCancel{id});
+        I.handover_out.reset();
+        I.st.last_handover = "cancelled: " + why;
+        return make_error(ETIMEDOUT, "planned hand-over cancelled: " + why + "; still Primary");
+    };
+    // Our side first: from the switch point on we send nothing of these flows, acknowledged or not.
+    for (auto& e : entries)
+        if (auto s = I.gate->set_flow_rule({e.client, e.port}, gate::Rule::PassBefore, e.seq); !s) return undo(s.error().message);
+    for (size_t i = 0; i < parts.size(); ++i) {
+        parts[i].id = id;
+        parts[i].part = uint16_t(i);
+        parts[i].parts = uint16_t(parts.size());
+        out.sizes.push_back(uint16_t(parts[i].entries.size()));
+    }
+    I.handover_out = out;
+    for (auto& p : parts) I.send_both(p);
+    auto acked = [&] {
+        return I.handover_out->refused ||
+               std::all_of(I.handover_out->acked.begin(), I.handover_out->acked.end(), [](bool b) { return b; });
+    };
+    auto until = [](int64_t realtime) {
+        return std::chrono::steady_clock::now() + std::chrono::nanoseconds(std::max<int64_t>(0, realtime - realtime_ns()));
+    };
+    I.handover_cv.wait_until(lk, until(at - kHandOverMarginNs), acked);
+    if (I.state != State::kPrimary) return undo("this server left Primary");
+    if (I.handover_out->refused) return undo("the secondary does not run every session");
+    if (!acked()) return undo("the secondary did not answer in time");
+    // Wait past the switch (the lock released: heartbeats and the lease go on), then stand down.
+    I.handover_cv.wait_until(lk, until(at + kHandOverMarginNs), [&] { return I.state != State::kPrimary; });
+    I.handover_out.reset();
+    if (I.state != State::kPrimary) return I.state;  // taken over on the way: nothing more to do
+    auto r = I.run_event(Event::kStopStreaming, false);
+    if (!r) return r;
+    I.send_both(FailoverNotice{uint8_t(FailureReason::kOperator), "planned hand-over"});
+    for (auto& e : entries) (void)I.gate->clear_flow_rule({e.client, e.port});
+    ++I.st.handovers;
+    I.st.last_handover = std::to_string(entries.size()) + " RTP flows switched at their first datagram after " +
+                         std::to_string(lead / 1'000'000) + " ms";
+    return r;
 }
 
 Result<State> Controller::failover_sync() {
@@ -1006,13 +1161,13 @@ Result<State> Controller::failover_sync() {
         int64_t recv_ns = realtime_ns();
         impl_->sync_nonce = 0;
         if (!got) return fail("no answer from the primary at " + ip_text(*impl_->opts.partner_private) + " within 2 s");
-        auto r = std::move(*impl_->sync_result);
-        if (!r) return fail(r.error().message);
+        if (!*impl_->sync_result) return fail(impl_->sync_result->error().message);
+        SyncReply r = std::move(**impl_->sync_result);
         if (recv_ns - sent_ns < best_rtt) {
             best_rtt = recv_ns - sent_ns;
-            offset = r->primary_time_ns - (sent_ns + recv_ns) / 2;
+            offset = r.primary_time_ns - (sent_ns + recv_ns) / 2;
         }
-        reply = std::move(*r);
+        reply = std::move(r);
     }
     // The offset is known to within half the round trip: both together must stay within 1 ms.
     if (std::abs(offset) + best_rtt / 2 > 1'000'000)

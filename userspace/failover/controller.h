@@ -124,6 +124,9 @@ struct ControllerStatus {
     std::string last_takeover_cause;
     uint64_t sessions_resumed_from_hub = 0;
     uint64_t sessions_resumed_from_heartbeat = 0;
+    uint64_t sessions_handed_over = 0;    // taken at a planned hand-over's switch point (nothing to resume)
+    uint64_t handovers = 0;               // planned hand-overs this server completed as primary
+    std::string last_handover;            // how the latest one went
     uint64_t connections_revived = 0;     // TCP connections carried over at takeovers
     uint64_t connections_lost = 0;        // seen on the hub but not revivable at a takeover
     std::string last_connection_lost;     // which and why
@@ -151,7 +154,14 @@ public:
     };
     Result<State> set_config_type(bool primary, const TypeSettings& settings);
     Result<State> start_streaming();
+    // On a Primary whose Secondary is online: a planned hand-over (hand_over()). Otherwise the
+    // Fig. 5 move.
     Result<State> stop_streaming();
+    // Hands every session to the online secondary without a lost or doubled datagram: each RTP
+    // flow switches between two datagrams at the first one due ~50 ms from now, then this server
+    // goes Primary_Offline and the secondary takes the RTSP connections over. ETIMEDOUT (still
+    // Primary, nothing changed) if the secondary does not accept every flow in time.
+    Result<State> hand_over();
     // Secondary: pulls the [0083] parameters from the primary; returns after success or failure.
     Result<State> failover_sync();
     Result<State> failover_unsync();
@@ -189,6 +199,7 @@ public:
 
     ControllerStatus status() const;
     State state() const;
+    bool state_is(State s) const;
 
 private:
     struct Impl;

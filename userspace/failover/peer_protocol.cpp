@@ -125,7 +125,8 @@ Result<SessionRecord> get_record(Reader& r) {
 MsgType type_of(const Body& b) {
     static constexpr MsgType kTypes[] = {MsgType::kHeartbeat, MsgType::kHeartbeatAck, MsgType::kFailover,
                                          MsgType::kStop,      MsgType::kSession,      MsgType::kSyncRequest,
-                                         MsgType::kSyncReply, MsgType::kReply};
+                                         MsgType::kSyncReply, MsgType::kReply,        MsgType::kHandOver,
+                                         MsgType::kHandOverAck, MsgType::kHandOverCancel};
     static_assert(std::size(kTypes) == std::variant_size_v<Body>);
     return kTypes[b.index()];
 }
@@ -169,6 +170,24 @@ Result<std::vector<uint8_t>> encode(const Message& m, std::span<const uint8_t> k
             if (rec.asset.size() > kMaxNameLength) return make_error(EMSGSIZE, "asset name too long");
             put_record(body, rec);
         }
+    } else if (auto* o = std::get_if<HandOver>(&m.body)) {
+        if (o->entries.size() > kMaxHandOverEntries) return make_error(EMSGSIZE, "too many flows in a hand-over part");
+        body.u64(o->id);
+        body.u64(uint64_t(o->at_ns));
+        body.u16(o->part);
+        body.u16(o->parts);
+        body.u16(uint16_t(o->entries.size()));
+        for (auto& e : o->entries) {
+            body.u32(ntohl(e.client.s_addr));
+            body.u16(e.port);
+            body.u16(e.seq);
+        }
+    } else if (auto* k = std::get_if<HandOverAck>(&m.body)) {
+        body.u64(k->id);
+        body.u16(k->part);
+        body.u16(k->accepted);
+    } else if (auto* x = std::get_if<HandOverCancel>(&m.body)) {
+        body.u64(x->id);
     } else if (auto* q = std::get_if<SyncRequest>(&m.body)) {
         body.u64(q->nonce);
     } else if (auto* y = std::get_if<SyncReply>(&m.body)) {
@@ -276,6 +295,37 @@ Result<Message> decode(std::span<const uint8_t> d, std::span<const uint8_t> key)
         m.body = std::move(x);
         break;
     }
+    case MsgType::kHandOver: {
+        HandOver x;
+        x.id = r.u64();
+        x.at_ns = int64_t(r.u64());
+        x.part = r.u16();
+        x.parts = r.u16();
+        size_t n = r.u16();
+        if (n > kMaxHandOverEntries) return malformed("too many flows in a hand-over part");
+        for (size_t i = 0; i < n && r.ok(); ++i) {
+            HandOverEntry e;
+            e.client.s_addr = htonl(r.u32());
+            e.port = r.u16();
+            e.seq = r.u16();
+            if (e.port == 0) return malformed("hand-over flow without a port");
+            x.entries.push_back(e);
+        }
+        if (x.parts == 0 || x.part >= x.parts) return malformed("hand-over part out of range");
+        m.body = std::move(x);
+        break;
+    }
+    case MsgType::kHandOverAck: {
+        HandOverAck x;
+        x.id = r.u64();
+        x.part = r.u16();
+        x.accepted = r.u16();
+        m.body = x;
+        break;
+    }
+    case MsgType::kHandOverCancel:
+        m.body = HandOverCancel{r.u64()};
+        break;
     case MsgType::kSyncRequest:
         m.body = SyncRequest{r.u64()};
         break;

@@ -41,6 +41,9 @@ enum class MsgType : uint8_t {
     kSyncRequest = 6,    // secondary -> primary: send me the [0083] parameters
     kSyncReply = 7,      // primary -> secondary: the parameters
     kReply = 8,          // primary -> secondary: an RTSP answer and the decisions it carries
+    kHandOver = 9,       // primary -> secondary: take these flows from these packets on (planned)
+    kHandOverAck = 10,   // secondary -> primary: the flows of one part it will take
+    kHandOverCancel = 11,  // primary -> secondary: forget that hand-over
 };
 
 // Per-session progress carried by heartbeats: where the primary's sender is.
@@ -118,8 +121,34 @@ struct ConnReply {
     std::vector<SessionRecord> records;  // at most kMaxReplyRecords
 };
 
+// A planned hand-over (docs/failover.md, "Planned hand-over"): the primary stops each RTP flow
+// just before `seq` and the secondary, running it in lockstep, passes it from `seq` on (the
+// gate's PASS_BEFORE / PASS_FROM rules), so the viewer's stream changes server between two
+// datagrams. `seq` is the first datagram due after at_ns. Sent in parts of at most
+// kMaxHandOverEntries flows; each part is acknowledged.
+constexpr size_t kMaxHandOverEntries = 128;
+struct HandOverEntry {
+    in_addr client{};
+    uint16_t port = 0;  // the client's RTP port, host order
+    uint16_t seq = 0;   // the first RTP sequence number the secondary sends
+};
+struct HandOver {
+    uint64_t id = 0;     // random per hand-over
+    int64_t at_ns = 0;   // CLOCK_REALTIME of the switch
+    uint16_t part = 0, parts = 1;
+    std::vector<HandOverEntry> entries;  // at most kMaxHandOverEntries
+};
+struct HandOverAck {
+    uint64_t id = 0;
+    uint16_t part = 0;
+    uint16_t accepted = 0;  // flows of that part the secondary runs and ruled (all, or it refuses)
+};
+struct HandOverCancel {
+    uint64_t id = 0;
+};
+
 using Body = std::variant<Heartbeat, HeartbeatAck, FailoverNotice, StopOrder, SessionRecord, SyncRequest, SyncReply,
-                          ConnReply>;
+                          ConnReply, HandOver, HandOverAck, HandOverCancel>;
 
 struct Message {
     uint64_t epoch = 0;    // random per daemon start
