@@ -119,10 +119,11 @@ pair_up() {
   rm -rf "/sys/fs/bpf/$OF_LAB_NAME-srv1" "/sys/fs/bpf/$OF_LAB_NAME-srv2"
   head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/peer.key"
   local common=("peer_key_file = $WORK/peer.key" "failover_heartbeat_freq_ms = ${PAIR_HB_MS:-5}"
-                "max_missed_heartbeats = ${PAIR_MISSED:-3}" "streamer_rt_priority = ${PAIR_STREAM_RT:-40}" ${PAIR_EXTRA:+"$PAIR_EXTRA"})
-  lab_server srv1 "${common[@]}" "failover_role = primary" "admin_ip = 10.77.0.11" \
+                "streamer_rt_priority = ${PAIR_STREAM_RT:-40}" ${PAIR_EXTRA:+"$PAIR_EXTRA"})
+  # (PAIR_MISSED_SRV2: srv2 configured otherwise; the sync gives it the primary's setting)
+  lab_server srv1 "${common[@]}" "max_missed_heartbeats = ${PAIR_MISSED:-3}" "failover_role = primary" "admin_ip = 10.77.0.11" \
     "partner_private_ip = 10.78.0.2" "partner_admin_ip = 10.77.0.12"
-  lab_server srv2 "${common[@]}" "failover_role = secondary" "admin_ip = 10.77.0.12" \
+  lab_server srv2 "${common[@]}" "max_missed_heartbeats = ${PAIR_MISSED_SRV2:-${PAIR_MISSED:-3}}" "failover_role = secondary" "admin_ip = 10.77.0.12" \
     "partner_private_ip = 10.78.0.1" "partner_admin_ip = 10.77.0.11"
   foctl_on srv1 asset add "$asset" --name "$(basename "$asset")" >/dev/null
   foctl_on srv2 asset add "$asset" --name "$(basename "$asset")" >/dev/null
@@ -216,6 +217,9 @@ pair_fault() {
     dark) line=$("$LAB" fault dark srv1) ;;
     handover)  # an operator's planned hand-over (tests/lab/handover_test)
       line="fault handover at_ns=$(date +%s%N)"; foctl_on srv1 stop-streaming >"$WORK/handover-$fault.out" 2>&1 || true ;;
+    restart)  # kill -9, then a restart as systemd's Restart=on-failure would (it rejoins as secondary)
+      line=$("$LAB" fault kill srv1 oneframed)
+      ( pair_wait srv2 Primary_No_Secondary 100 >/dev/null && lab_start_daemon srv1 >/dev/null ) >"$WORK/restart.log" 2>&1 & ;;
     term)  # systemctl stop: SIGTERM to the daemon
       line="fault term at_ns=$(date +%s%N)"; kill -TERM "$(cat "/run/oneframe-lab-$OF_LAB_NAME/srv1/oneframed.pid")" ;;
     disk)  # the disk on tests/lab/eio_fs.py starts failing every read with EIO (armed by a file)

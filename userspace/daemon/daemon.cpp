@@ -474,6 +474,12 @@ dbus::Dict Daemon::failover_dict() const {
         {"sessions_resumed_from_hub", st.sessions_resumed_from_hub},
         {"sessions_resumed_from_heartbeat", st.sessions_resumed_from_heartbeat},
         {"sessions_handed_over", st.sessions_handed_over},
+        {"unprotected_sessions", st.unprotected_sessions},
+        {"unprotected", [&] {
+             std::string t;
+             for (auto& u : st.unprotected) t += (t.empty() ? "" : "; ") + u;
+             return t;
+         }()},
         {"handovers", st.handovers},
         {"last_handover", st.last_handover},
         {"tcp_connections_revived", st.connections_revived},

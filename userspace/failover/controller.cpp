@@ -60,6 +60,8 @@ constexpr int kTakeoverAnnouncements = 10;
 // switch, and stands down this long after it, when its last datagram before the switch has left.
 constexpr int64_t kHandOverLeadNs = 50'000'000;
 constexpr int64_t kHandOverMarginNs = 10'000'000;
+// Sessions a secondary could not mirror, remembered for the status (beyond: counted only).
+constexpr size_t kMaxUnprotectedListed = 16;
 
 std::string ip_text(in_addr a) {
     char b[INET_ADDRSTRLEN];
@@ -202,6 +204,9 @@ struct Controller::Impl {
     std::optional<HandOverIn> handover_in;
 
     std::condition_variable heard_cv;  // a message from the partner was accepted (listen_for_partner)
+    // Secondary: sessions of the primary we cannot mirror (an asset missing here, a bad record):
+    // a takeover would lose them. Session id -> why; bounded by the primary's live sessions.
+    std::map<uint64_t, std::string> unprotected;
 
     // failover_sync in progress
     std::condition_variable sync_cv;
@@ -622,13 +627,34 @@ struct Controller::Impl {
 
     void apply_record(const SessionRecord& r, std::unique_lock<std::mutex>& lk) {
         if (gate && r.op == SessionOp::kSetup) (void)gate->forget_seen({r.client_ip, r.client_port});
-        if (r.op == SessionOp::kTeardown) progress.erase(r.session);  // bounded by live sessions
+        if (r.op == SessionOp::kTeardown) {
+            progress.erase(r.session);  // bounded by live sessions
+            unprotected.erase(r.session);
+        }
         lk.unlock();  // the engine talks to streaming threads; never hold our lock across that
         auto s = engine.apply(r);
         lk.lock();
         // Records travel on both paths: the second copy of a setup finds the session there
         // (EEXIST), of a pause or teardown finds it gone (ESRCH). Both are the same decision.
-        if (!s && s.error().code != EEXIST && s.error().code != ESRCH) st.last_error = "replicated session: " + s.error().message;
+        if (!s && s.error().code != EEXIST && s.error().code != ESRCH) {
+            st.last_error = "replicated session: " + s.error().message;
+            if (r.op != SessionOp::kTeardown && unprotected.size() < 65536)
+                unprotected[r.session] = r.asset + ": " + s.error().message;
+        }
+    }
+    // [0083] the primary's heartbeat settings, carried by a sync: the running pair's timing.
+    void adopt_heartbeat(const std::vector<std::pair<std::string, std::string>>& params) {
+        uint32_t hb = opts.heartbeat_ms, missed = opts.max_missed;
+        for (auto& [k, v] : params) {
+            if (k == "failover_heartbeat_freq_ms") hb = uint32_t(std::strtoul(v.c_str(), nullptr, 10));
+            if (k == "max_missed_heartbeats") missed = uint32_t(std::strtoul(v.c_str(), nullptr, 10));
+        }
+        if (auto s = check_heartbeat_settings(hb, missed); !s) {
+            st.last_error = "primary's heartbeat settings: " + s.error().message;
+            return;
+        }
+        opts.heartbeat_ms = hb;
+        opts.max_missed = missed;
     }
 
     void on_message(const SyncRequest& q, Path p, const Message&, int64_t, std::unique_lock<std::mutex>&) {
@@ -649,6 +675,7 @@ struct Controller::Impl {
             auto s = opts.apply_sync(r.params);
             lk.lock();
             if (!s) st.last_error = "pushed parameters: " + s.error().message;
+            else adopt_heartbeat(r.params);
         }
     }
 
@@ -744,7 +771,10 @@ struct Controller::Impl {
             if (r) st.last_error = "local failure: " + detail + " (cannot protect the primary's sessions)";
             return r;
         }
-        st.last_error = std::string(to_string(reason)) + ": " + detail + " (no partner to take over: serving on)";
+        // Primary_No_Secondary, a standalone server (Unconfigured), Primary_Offline: nobody to
+        // take over; failing would only stop whatever this server still serves.
+        st.last_error = std::string(to_string(reason)) + ": " + detail + " (no partner to take over" +
+                        (state == State::kPrimaryOffline ? ")" : ": serving on)");
         return make_error(EBUSY, st.last_error);
     }
 
@@ -1084,6 +1114,7 @@ Result<State> Controller::hand_over() {
 
     std::unique_lock lk(I.mu);
     if (I.state != State::kPrimary) return make_error(EBADFD, "no longer Primary");
+    if (I.handover_out) return make_error(EALREADY, "a hand-over is in progress");
     uint64_t id = 0;
     while (id == 0) (void)!getrandom(&id, sizeof id, 0);
     Impl::HandOverOut out{id, {}, std::vector<bool>(parts.size(), false), false};
@@ -1179,6 +1210,7 @@ Result<State> Controller::failover_sync() {
         lk.lock();
         if (!s) return fail(s.error().message);
     }
+    impl_->adopt_heartbeat(reply->params);
     return impl_->run_event(Event::kSyncSucceeded, false);
 }
 
@@ -1248,6 +1280,11 @@ ControllerStatus Controller::status() const {
     s.replies_oversized = impl_->replies_oversized.load();
     if (impl_->view) s.hub = impl_->view->counters();
     s.frames_malformed = impl_->frames_malformed;
+    s.unprotected_sessions = impl_->unprotected.size();
+    for (auto& [id, why] : impl_->unprotected) {  // (ids stay out: the status is everyone's)
+        if (s.unprotected.size() == kMaxUnprotectedListed) break;
+        s.unprotected.push_back(why);
+    }
     return s;
 }
 

@@ -135,6 +135,10 @@ struct ControllerStatus {
     uint64_t replies_oversized = 0;       // too large for one message: sent without their records
     tcp_takeover::HubViewCounters hub;    // what the hub view saw (secondary)
     uint64_t frames_malformed = 0;        // copied by the gate but not a well-formed TCP frame
+    // Secondary: the primary's sessions it could not mirror (a takeover would lose them), and
+    // why for the first 16 of them ("ASSET: error").
+    uint64_t unprotected_sessions = 0;
+    std::vector<std::string> unprotected;
     std::string last_error;
     PeerCounters peer;
 };
