@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <gtest/gtest.h>
+#include <openssl/evp.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -18,12 +19,26 @@
 #include <mutex>
 #include <thread>
 
+#include "mpegts/crc.h"
 #include "mpegts/indexer.h"
 #include "store/record.h"
 #include "store/store.h"
 #include "ts_fixture.h"
 
 namespace {
+
+std::string sha256_hex(const std::vector<uint8_t>& data) {
+    unsigned char d[EVP_MAX_MD_SIZE];
+    unsigned n = 0;
+    EVP_Digest(data.data(), data.size(), d, &n, EVP_sha256(), nullptr);
+    std::string hex;
+    char b[3];
+    for (unsigned i = 0; i < n; ++i) {
+        snprintf(b, sizeof b, "%02x", d[i]);
+        hex += b;
+    }
+    return hex;
+}
 
 namespace fs = std::filesystem;
 using namespace of::store;
@@ -241,6 +256,10 @@ TEST_F(StoreTest, ReopenLoadsEveryAsset) {
     expect_reassembles(*store->find("zeta"), b);
     EXPECT_EQ(store->find("zeta")->index(), *of::mpegts::index_buffer(b));
     EXPECT_EQ(store->find("nope"), nullptr);
+    // The content digest was taken at ingest and kept in the record.
+    EXPECT_EQ(list[0].sha256, sha256_hex(a));
+    EXPECT_EQ(list[1].sha256, sha256_hex(b));
+    EXPECT_NE(list[0].sha256, list[1].sha256);
 }
 
 TEST_F(StoreTest, DiskOrderComesFromTheRecord) {
@@ -496,11 +515,15 @@ TEST_F(StoreTest, ConcurrentIngestOfOneNameIsRefused) {
 TEST(StoreRecord, RoundTripAndCorruption) {
     auto index = of::mpegts::index_buffer(make_ts({.packets = 500}));
     ASSERT_TRUE(index.ok());
-    AssetRecord r{"name", kEs, {"/srv/d0", "/srv/d1"}, *index};
+    AssetRecord r{"name", kEs, {"/srv/d0", "/srv/d1"}, *index, std::string(64, 'a')};
     auto bytes = encode_record(r);
     auto back = decode_record(bytes);
     ASSERT_TRUE(back.ok()) << back.error().message;
     EXPECT_EQ(back->name, "name");
+    EXPECT_EQ(back->sha256, r.sha256);
+    r.sha256 = "A" + std::string(63, 'a');  // not lowercase hex
+    EXPECT_EQ(decode_record(encode_record(r)).error().code, EUCLEAN);
+    r.sha256 = std::string(64, 'a');
     EXPECT_EQ(back->extent_size, kEs);
     EXPECT_EQ(back->disks, r.disks);
     EXPECT_EQ(back->index, *index);
@@ -512,6 +535,31 @@ TEST(StoreRecord, RoundTripAndCorruption) {
         ASSERT_FALSE(d.ok()) << i;
         EXPECT_EQ(d.error().code, EUCLEAN);
     }
+}
+
+TEST(StoreRecord, Version1RecordsLoadWithoutADigest) {
+    auto index = of::mpegts::index_buffer(make_ts({.packets = 500}));
+    ASSERT_TRUE(index.ok());
+    AssetRecord r{"old", kEs, {"/srv/d0"}, *index, ""};
+    auto v2 = encode_record(r);
+    // Version 1 had no digest field: drop its empty str16, set the version, fix length and CRC.
+    const size_t at = 24 + (2 + 3) + 8 + 8 + 4 + (2 + 7);  // header, name, bytes, extent size, disks
+    ASSERT_EQ(v2[at], 0);
+    ASSERT_EQ(v2[at + 1], 0);
+    std::vector<uint8_t> v1(v2.begin(), v2.begin() + at);
+    v1.insert(v1.end(), v2.begin() + at + 2, v2.end() - 4);
+    v1[8] = 1;
+    uint64_t body = v1.size() - 24;
+    for (int i = 0; i < 8; ++i) v1[16 + i] = uint8_t(body >> (8 * i));
+    uint32_t crc = of::mpegts::crc32_file(v1);
+    for (int i = 0; i < 4; ++i) v1.push_back(uint8_t(crc >> (8 * i)));
+    auto back = decode_record(v1);
+    ASSERT_TRUE(back.ok()) << back.error().message;
+    EXPECT_EQ(back->name, "old");
+    EXPECT_TRUE(back->sha256.empty());
+    EXPECT_EQ(back->index, *index);
+    v1[8] = 3;  // a version from the future
+    EXPECT_EQ(decode_record(v1).error().code, EUCLEAN);
 }
 
 TEST_F(StoreTest, RealAssetIngestThroughput) {

@@ -5,7 +5,10 @@
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 
+#include <array>
 #include <filesystem>
+#include <optional>
+#include <sstream>
 #include <thread>
 
 #include "common/clock.h"
@@ -34,7 +37,8 @@ dbus::Dict asset_dict(const store::AssetInfo& a) {
             {"rap_count", a.rap_count},
             {"extent_size", a.extent_size},
             {"extents", a.extents},
-            {"disks", uint64_t(a.disks)}};
+            {"disks", uint64_t(a.disks)},
+            {"sha256", a.sha256.empty() ? std::string("unknown") : a.sha256}};
 }
 
 Status make_dir(const std::string& d) {
@@ -383,7 +387,9 @@ std::vector<std::pair<std::string, std::string>> Daemon::sync_params() const {
         {"load_balance_group_id", std::to_string(config_.load_balance_group_id)},
         {"extent_size", std::to_string(config_.extent_size)},
     };
-    for (auto& a : store_->list()) p.emplace_back("asset", a.name + " " + std::to_string(a.bytes));
+    // "NAME BYTES SHA256" ("-" for an asset ingested before digests were kept)
+    for (auto& a : store_->list())
+        p.emplace_back("asset", a.name + " " + std::to_string(a.bytes) + " " + (a.sha256.empty() ? "-" : a.sha256));
     return p;
 }
 
@@ -395,25 +401,41 @@ Status Daemon::apply_sync(const std::vector<std::pair<std::string, std::string>>
             if (mk == k) return mv;
         return "";
     };
-    std::vector<std::string> missing;
+    std::vector<std::string> missing, differ;
+    // An asset matches by name, size and content digest (by name and size if either side has no
+    // digest: ingested by an older version).
+    auto fields = [](const std::string& v) {
+        std::istringstream in(v);
+        std::string name, bytes, sha = "-";
+        in >> name >> bytes >> sha;
+        return std::array<std::string, 3>{name, bytes, sha};
+    };
     for (auto& [k, v] : params) {
         if (k == "stream_ip" || k == "rtsp_port" || k == "server_rtp_port" || k == "extent_size") {
             if (local(k) != v) return make_error(EINVAL, k + " differs: primary " + v + ", here " + local(k));
         } else if (k == "asset") {
-            bool found = false;
+            auto theirs = fields(v);
+            std::optional<std::array<std::string, 3>> ours;
             for (auto& [mk, mv] : mine)
-                if (mk == "asset" && mv == v) found = true;
-            if (!found) missing.push_back(v.substr(0, v.find(' ')));
+                if (mk == "asset" && fields(mv)[0] == theirs[0]) ours = fields(mv);
+            if (!ours) missing.push_back(theirs[0]);
+            else if ((*ours)[1] != theirs[1] || ((*ours)[2] != "-" && theirs[2] != "-" && (*ours)[2] != theirs[2]))
+                differ.push_back(theirs[0]);
         } else {
             auto c = parse_config("stream_ip = " + ip_text(config_.stream_ip) + "\n" + k + " = " + v + "\n", "sync");
             if (!c) return make_error(EINVAL, "primary sent " + k + " = " + v + ": " + c.error().message);
         }
     }
-    if (!missing.empty()) {
+    auto join = [](const std::vector<std::string>& v) {
         std::string list;
-        for (auto& m : missing) list += (list.empty() ? "" : ", ") + m;
-        return make_error(ENOENT, "assets missing on this server: " + list + " (ingest them here too)");
-    }
+        for (auto& m : v) list += (list.empty() ? "" : ", ") + m;
+        return list;
+    };
+    if (!differ.empty())
+        return make_error(EINVAL, "assets differ in content from the primary's (size or SHA-256): " + join(differ) +
+                                      " (ingest the primary's files here)");
+    if (!missing.empty())
+        return make_error(ENOENT, "assets missing on this server: " + join(missing) + " (ingest them here too)");
     // Adopt the primary's runtime parameters.
     std::string text = "stream_ip = " + ip_text(config_.stream_ip) + "\n";
     for (auto& [k, v] : params)

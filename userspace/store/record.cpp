@@ -51,6 +51,7 @@ std::vector<uint8_t> encode_record(const AssetRecord& r) {
     w.u64(r.extent_size);
     w.u32(uint32_t(r.disks.size()));
     for (const auto& d : r.disks) w.str16(d);
+    w.str16(r.sha256);
     auto idx = r.index.serialize();
     w.u64(idx.size());
     w.bytes(idx);
@@ -67,8 +68,8 @@ Result<AssetRecord> decode_record(std::span<const uint8_t> in) {
     uint32_t version = h.u32();
     uint32_t flags = h.u32();
     uint64_t body_len = h.u64();
-    if (version != kRecordFormatVersion)
-        return corrupt("format version " + std::to_string(version) + " (this build reads " +
+    if (version != 1 && version != kRecordFormatVersion)
+        return corrupt("format version " + std::to_string(version) + " (this build reads 1 to " +
                        std::to_string(kRecordFormatVersion) + ")");
     if (flags != 0) return corrupt("unknown flags");
     if (body_len != in.size() - kHeaderBytes - 4) return corrupt("length field does not match the file");
@@ -95,12 +96,18 @@ Result<AssetRecord> decode_record(std::span<const uint8_t> in) {
         if (!seen.insert(d).second) return corrupt("disk " + d + " listed twice");
         disks.push_back(std::move(d));
     }
+    std::string sha256;
+    if (version >= 2) {
+        sha256 = b.str16();
+        bool hex = std::all_of(sha256.begin(), sha256.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+        if (!b.ok() || !((sha256.size() == 64 && hex) || sha256.empty())) return corrupt("bad content digest");
+    }
     uint64_t idx_len = b.u64();
     if (!b.ok() || idx_len != b.remaining()) return corrupt("index length does not match the file");
     auto index = mpegts::Index::deserialize(b.bytes(idx_len));
     if (!index) return index.error();
     if (index->bytes() != asset_bytes) return corrupt("asset size disagrees with its index");
-    return AssetRecord{std::move(name), extent_size, std::move(disks), std::move(*index)};
+    return AssetRecord{std::move(name), extent_size, std::move(disks), std::move(*index), std::move(sha256)};
 }
 
 }  // namespace of::store

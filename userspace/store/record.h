@@ -19,7 +19,8 @@ constexpr uint64_t kMaxExtentSize = mpegts::kDatagramSize * 65536;    // 86 MB
 constexpr size_t kMaxDisks = 256;
 constexpr size_t kMaxNameLength = 64;
 constexpr size_t kMaxDiskPath = 4095;
-constexpr uint32_t kRecordFormatVersion = 1;
+// 2 added the source's SHA-256; records of version 1 still load (their digest is unknown).
+constexpr uint32_t kRecordFormatVersion = 2;
 constexpr size_t kMaxRecordBytes = mpegts::kMaxIndexFileBytes + (size_t(4) << 20);
 
 // Asset names: [A-Za-z0-9._-]{1,64}, not starting with '.', so a name is always one plain file
@@ -34,6 +35,7 @@ struct AssetRecord {
     uint64_t extent_size = 0;
     std::vector<std::string> disks;  // absolute, canonical, distinct; extent i is on disks[i % n]
     mpegts::Index index;
+    std::string sha256;  // the source file's SHA-256, 64 lowercase hex digits; empty: unknown (version 1)
 };
 
 std::vector<uint8_t> encode_record(const AssetRecord& r);

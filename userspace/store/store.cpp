@@ -1,5 +1,7 @@
 #include "store/store.h"
 
+#include <openssl/evp.h>
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -210,6 +212,7 @@ AssetInfo Asset::info() const {
     a.extent_size = extent_size();
     a.extents = extent_count();
     a.disks = disk_count();
+    a.sha256 = record_.sha256;
     return a;
 }
 
@@ -449,6 +452,9 @@ Result<AssetInfo> AssetStore::ingest_locked_name(const std::string& source_path,
     }
 
     mpegts::Indexer indexer(config_.limits);
+    // The content's digest: a partner matches assets by it, not by name and size (docs/failover.md).
+    std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> md(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+    if (!md || EVP_DigestInit_ex(md.get(), EVP_sha256(), nullptr) != 1) return make_error(ENOMEM, "SHA-256 context");
     std::vector<uint8_t> buf(es);
     uint64_t copied = 0;
     for (uint64_t i = 0;; ++i) {
@@ -456,6 +462,7 @@ Result<AssetInfo> AssetStore::ingest_locked_name(const std::string& source_path,
         if (!got) return got.error();
         if (*got == 0) break;
         if (auto s = indexer.feed(std::span(buf.data(), *got)); !s) return s.error();
+        EVP_DigestUpdate(md.get(), buf.data(), *got);
         // Looks like TS so far: refuse a truncated file now rather than after copying all of it.
         // (Only with more extents to come: then the first one, >= 1316 bytes, passed the sync
         // checks, and a file that is not TS at all is still reported as such.)
@@ -478,7 +485,16 @@ Result<AssetInfo> AssetStore::ingest_locked_name(const std::string& source_path,
     for (uint32_t d = 0; d < nd; ++d)
         if (::fdatasync(out[d].get()) != 0) return errno_error("sync " + tmp[d]);
 
-    std::shared_ptr<Asset> asset(new Asset(AssetRecord{name, es, config_.disks, std::move(*index)}));
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned digest_len = 0;
+    if (EVP_DigestFinal_ex(md.get(), digest, &digest_len) != 1) return make_error(EIO, "SHA-256 of " + source_path);
+    std::string sha256;
+    for (unsigned i = 0; i < digest_len; ++i) {
+        static const char kHex[] = "0123456789abcdef";
+        sha256 += kHex[digest[i] >> 4];
+        sha256 += kHex[digest[i] & 15];
+    }
+    std::shared_ptr<Asset> asset(new Asset(AssetRecord{name, es, config_.disks, std::move(*index), std::move(sha256)}));
     for (uint32_t d = 0; d < nd; ++d) {
         struct stat sst{};
         if (::fstat(out[d].get(), &sst) != 0) return errno_error("stat " + tmp[d]);

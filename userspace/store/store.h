@@ -42,6 +42,7 @@ struct AssetInfo {
     uint64_t extent_size = 0;
     uint64_t extents = 0;
     uint32_t disks = 0;
+    std::string sha256;  // the source's content digest (hex); empty if ingested before it was kept
 };
 
 struct ExtentLocation {
