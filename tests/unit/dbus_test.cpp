@@ -883,7 +883,7 @@ TEST_F(DbusTest, ArgumentsAreValidatedBeforeTheHandler) {
     refused(method::AssetRemove, {""}, EINVAL, "name is empty");
     refused(method::SetConfigType, {"tertiary", Dict{}}, EINVAL, "neither primary nor secondary");
     refused(method::SetConfigType, {"primary", Dict{{"heartbeat", uint64_t(5)}}}, EINVAL, "unknown setting 'heartbeat'");
-    refused(method::SetConfigType, {"primary", Dict{{setting::HeartbeatMs, uint64_t(0)}}}, EINVAL, "out of range 1..60000");
+    refused(method::SetConfigType, {"primary", Dict{{setting::HeartbeatMs, uint64_t(0)}}}, EINVAL, "out of range 1..1000");
     refused(method::SetConfigType, {"primary", Dict{{setting::HeartbeatMs, uint64_t(60001)}}}, EINVAL, "out of range");
     refused(method::SetConfigType, {"primary", Dict{{setting::MaxMissed, int64_t(-1)}}}, EINVAL, "non-negative integer");
     refused(method::SetConfigType, {"primary", Dict{{setting::MaxMissed, "3"}}}, EINVAL, "non-negative integer");

@@ -1,4 +1,5 @@
 #include "common/config.h"
+#include "common/failover_limits.h"
 
 #include <arpa/inet.h>
 
@@ -8,6 +9,9 @@
 #include <limits>
 #include <set>
 #include <sstream>
+
+static_assert(of::kMaxHeartbeatMs == 1000 && of::kMaxMissedHeartbeats == 100,
+              "the help texts of failover_heartbeat_freq_ms and max_missed_heartbeats spell these bounds");
 
 namespace of {
 namespace {
@@ -149,10 +153,11 @@ const std::vector<Key>& keys() {
          text(&Config::failover_backend, {"auto", "kernel", "userspace", "none"})},
         {"run_dir", "absolute path", "/run/oneframe", "Runtime directory (sockets, pid files).",
          path(&Config::run_dir)},
+        // (the texts spell the bounds: static_assert at the top of this file)
         {"failover_heartbeat_freq_ms", "ms", "5", "Failover_Heartbeat_Freq: heartbeat period on the private link (1..1000).",
-         uint_in(&Config::failover_heartbeat_freq_ms, 1, 1000)},
+         uint_in(&Config::failover_heartbeat_freq_ms, 1, kMaxHeartbeatMs)},
         {"max_missed_heartbeats", "count", "3", "Max_Missed_Heartbeats before the secondary declares a failure (1..100); (this - 1) x the heartbeat period must be at least 6 ms (the primary's lease).",
-         uint_in(&Config::max_missed_heartbeats, 1, 100)},
+         uint_in(&Config::max_missed_heartbeats, 1, kMaxMissedHeartbeats)},
         {"failover_role", "standalone|primary|secondary", "standalone",
          "Role at start-up: standalone (no partner), or set_config_type primary/secondary with the partner below.",
          text(&Config::failover_role, {"standalone", "primary", "secondary"})},

@@ -12,6 +12,8 @@
 #include <string>
 #include <string_view>
 
+#include "common/failover_limits.h"
+
 namespace of::dbus {
 
 inline constexpr const char* kBusName = "org.oneframe.Daemon";
@@ -68,16 +70,16 @@ const char* reply_signature(Returns r);
 namespace setting {
 inline constexpr const char* PartnerAdmin = "partner_admin";      // s: partner's admin IP address
 inline constexpr const char* PartnerPrivate = "partner_private";  // s: partner's private-link IP address
-inline constexpr const char* HeartbeatMs = "heartbeat_ms";        // integer, 1..60000
-inline constexpr const char* MaxMissed = "max_missed";            // integer, 1..1000
+inline constexpr const char* HeartbeatMs = "heartbeat_ms";        // integer, 1..kMaxHeartbeatMs
+inline constexpr const char* MaxMissed = "max_missed";            // integer, 1..kMaxMissedHeartbeats
 }  // namespace setting
 
 // Bounds the API layer enforces before a Handler sees an argument.
 inline constexpr size_t kMaxNameBytes = 255;
 inline constexpr size_t kMaxPathBytes = 4095;
 inline constexpr size_t kMaxAddressBytes = 255;
-inline constexpr uint64_t kMaxHeartbeatMs = 60'000;
-inline constexpr uint64_t kMaxMissedHeartbeats = 1'000;
+inline constexpr uint64_t kMaxHeartbeatMs = of::kMaxHeartbeatMs;  // (common/failover_limits.h)
+inline constexpr uint64_t kMaxMissedHeartbeats = of::kMaxMissedHeartbeats;
 
 // Error names: errno code -> "org.oneframe.Error.NotFound" and back. Unlisted codes become "Failed".
 std::string error_name(int code);

@@ -930,8 +930,10 @@ Controller::~Controller() {
 }
 
 Status check_heartbeat_settings(uint32_t heartbeat_ms, uint32_t max_missed) {
-    if (heartbeat_ms < 1 || heartbeat_ms > 1000) return make_error(EINVAL, "heartbeat period must be 1..1000 ms");
-    if (max_missed < 1 || max_missed > 100) return make_error(EINVAL, "max missed heartbeats must be 1..100");
+    if (heartbeat_ms < 1 || heartbeat_ms > kMaxHeartbeatMs)
+        return make_error(EINVAL, "heartbeat period must be 1.." + std::to_string(kMaxHeartbeatMs) + " ms");
+    if (max_missed < 1 || max_missed > kMaxMissedHeartbeats)
+        return make_error(EINVAL, "max missed heartbeats must be 1.." + std::to_string(kMaxMissedHeartbeats));
     if (uint64_t(max_missed - 1) * heartbeat_ms < kMinDetectionSlackMs)
         return make_error(EINVAL, "detection time (heartbeat period x max missed) must exceed one period by " +
                                       std::to_string(kMinDetectionSlackMs) + " ms or more, for the primary's lease: got " +

@@ -30,6 +30,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/failover_limits.h"
 #include "common/result.h"
 #include "failover/peer_protocol.h"
 #include "failover/state_machine.h"
@@ -62,7 +63,8 @@ const char* to_string(FailureReason r);
 // (heartbeat_ms × max_missed), and the primary's senders stop 3 ms before that: so that they need
 // not wait between two acks, the detection time must exceed one heartbeat period by this much.
 constexpr uint32_t kMinDetectionSlackMs = 6;
-// EINVAL with the reason unless 1 <= heartbeat_ms <= 1000, 1 <= max_missed <= 100 and
+// EINVAL with the reason unless 1 <= heartbeat_ms <= kMaxHeartbeatMs, 1 <= max_missed <=
+// kMaxMissedHeartbeats (common/failover_limits.h) and
 // (max_missed - 1) × heartbeat_ms >= kMinDetectionSlackMs.
 Status check_heartbeat_settings(uint32_t heartbeat_ms, uint32_t max_missed);
 
